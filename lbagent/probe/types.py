@@ -1,0 +1,71 @@
+"""What every probe yields, BPF or procfs: the daemon and the recorder depend only on these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class EventKind(str, Enum):
+    ARRIVAL = "arrival"
+    EXIT = "exit"
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """A managed task arriving (fork/exec in scope) or exiting.
+
+    Timestamps are CLOCK_MONOTONIC nanoseconds (what ``bpf_ktime_get_ns`` returns), so a
+    latency can be measured from the kernel's own moment of arrival.
+    """
+
+    kind: EventKind
+    pid: int
+    tgid: int
+    cgroup: int
+    comm: str
+    cpu: int
+    ts_ns: int
+    start_ns: int = 0
+    """The task's start time (for telling a reused PID from the task we saw)."""
+    runtime_ns: int = 0
+    """CPU time the task consumed, known at exit."""
+    uid: int = -1
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    cpu: int
+    runq: float
+    """Mean number of runnable tasks (running + queued) on the CPU over the window."""
+    util: float
+    """Busy fraction of the window, in [0, 1]."""
+    arrivals: int
+    """Tasks that arrived on the CPU (new tasks woken there) during the window."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Per-CPU state over one window ending at ``t_ns``."""
+
+    t_ns: int
+    window_ns: int
+    cpus: tuple[CpuSample, ...]
+    lost: int = 0
+    """Events dropped since the probe started (ring buffer full): never silent."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which tasks the agent manages; an empty scope field means "no restriction on that field"."""
+
+    cgroup_ids: frozenset[int] = field(default_factory=frozenset)
+    comms: frozenset[str] = field(default_factory=frozenset)
+    uids: frozenset[int] = field(default_factory=frozenset)
+
+    def matches(self, cgroup: int, comm: str, uid: int) -> bool:
+        return (
+            (not self.cgroup_ids or cgroup in self.cgroup_ids)
+            and (not self.comms or comm in self.comms)
+            and (not self.uids or uid in self.uids)
+        )

@@ -1,0 +1,129 @@
+"""Pins the contract's layout: a change here means a new CONTRACT_VERSION."""
+
+import numpy as np
+import pytest
+
+from lbagent import spaces
+from lbagent.spaces import (
+    KERNEL,
+    MAX_SLOTS,
+    N_ACTIONS,
+    OBS_DIM,
+    Cpu,
+    RawObservation,
+    action_mask,
+    build_slots,
+    encode,
+    feature_index,
+    validate_actions,
+)
+
+
+def make_raw(b: int = 2, n: int = 4, **over) -> RawObservation:
+    mask = np.zeros((b, MAX_SLOTS), bool)
+    mask[:, :n] = True
+    cap = np.where(mask, 1.0, 0.0)
+    kw = dict(
+        slot_mask=mask,
+        capacity=cap,
+        runnable=np.where(mask, 2.0, 0.0),
+        util=np.where(mask, 0.5, 0.0),
+        placed=np.where(mask, 1.0, 0.0),
+        work_left=np.where(mask, 3.0, 0.0),
+        task_work=np.full(b, 1.0),
+        task_unknown=np.zeros(b, bool),
+        since_last=np.full(b, 0.5),
+    )
+    kw.update(over)
+    return RawObservation(**kw)
+
+
+def test_layout_is_pinned():
+    assert spaces.CONTRACT_VERSION == 1
+    assert MAX_SLOTS == 16 and KERNEL == 16 and N_ACTIONS == 17
+    assert spaces.SLOT_FEATURES == (
+        "mask", "capacity", "runnable", "util", "placed", "work_left", "expected_delay",
+    )
+    assert OBS_DIM == 16 * 7 + 4 == 116
+    assert feature_index("mask", 0) == 0
+    assert feature_index("expected_delay", 15) == 15 * 7 + 6
+    assert feature_index("task_work") == 112
+    assert feature_index("task_unknown") == 113
+    assert feature_index("since_last") == 114
+    assert feature_index("load") == 115
+    with pytest.raises(KeyError):
+        feature_index("nope")
+    with pytest.raises(ValueError):
+        feature_index("util", 16)
+
+
+def test_encode_values_and_masking():
+    raw = make_raw()
+    raw.capacity[:, 1] = 0.5
+    obs = encode(raw)
+    assert obs.shape == (2, OBS_DIM) and obs.dtype == np.float32
+    assert obs[0, feature_index("mask", 3)] == 1 and obs[0, feature_index("mask", 4)] == 0
+    assert obs[0, feature_index("capacity", 1)] == pytest.approx(0.5)
+    assert obs[0, feature_index("runnable", 0)] == pytest.approx(np.log1p(2.0))
+    # expected delay = (work_left + task) / capacity = (3 + 1) / 0.5 = 8
+    assert obs[0, feature_index("expected_delay", 1)] == pytest.approx(np.log1p(8.0), rel=1e-6)
+    assert obs[0, feature_index("expected_delay", 0)] == pytest.approx(np.log1p(4.0), rel=1e-6)
+    # every feature of a missing slot is zero, whatever the raw data says
+    raw.runnable[:, 10] = 99.0
+    obs = encode(raw)
+    s = feature_index("mask", 10)
+    assert np.all(obs[:, s : s + 7] == 0)
+    assert obs[0, feature_index("load")] == pytest.approx(np.log1p(2.0))
+
+
+def test_time_unit_scales_work_and_time():
+    a = encode(make_raw(work_left=np.full((2, 16), 300.0), task_work=np.full(2, 300.0), since_last=np.full(2, 50.0), time_unit=100.0))
+    b = encode(make_raw(work_left=np.full((2, 16), 3.0), task_work=np.full(2, 3.0), time_unit=1.0))
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_action_mask_and_validation():
+    raw = make_raw(n=3, kernel_allowed=np.array([True, False]))
+    m = action_mask(raw)
+    assert m.shape == (2, N_ACTIONS)
+    assert m[0, :3].all() and not m[0, 3:16].any() and m[0, KERNEL] and not m[1, KERNEL]
+    assert validate_actions(np.array([2, 0]), m).tolist() == [2, 0]
+    with pytest.raises(ValueError, match="masked"):
+        validate_actions(np.array([3, 0]), m)
+    with pytest.raises(ValueError, match="masked"):
+        validate_actions(np.array([0, KERNEL]), m)
+    with pytest.raises(ValueError):
+        validate_actions(np.array([17, 0]), m)
+
+
+def test_reward_is_minus_task_time():
+    assert spaces.reward(np.array([2.0, 0.0]), 1.0).tolist() == [-2.0, -0.0]
+    assert spaces.reward(np.array([300.0]), 100.0).tolist() == [-3.0]
+
+
+def test_small_host_one_slot_per_cpu():
+    layout = build_slots([Cpu(i, capacity=1.0 if i else 0.5) for i in range(4)])
+    assert layout.n_slots == 4
+    assert [s.cpus for s in layout.slots] == [(0,), (1,), (2,), (3,)]
+    assert layout.capacities[:4].tolist() == [0.5, 1, 1, 1] and layout.mask.sum() == 4
+
+
+def test_big_host_grouped_by_llc_then_core():
+    # 64 CPUs in 4 LLCs -> 4 slots of 16
+    layout = build_slots([Cpu(i, llc=i // 16, core=i // 2) for i in range(64)])
+    assert layout.n_slots == 4 and layout.slots[1].cpus == tuple(range(16, 32))
+    assert layout.slots[0].capacity == 16.0
+    # 32 CPUs, one LLC, SMT pairs -> 16 cores
+    layout = build_slots([Cpu(i, llc=0, core=i // 2) for i in range(32)])
+    assert layout.n_slots == 16 and layout.slots[0].cpus == (0, 1)
+    # 256 CPUs, one LLC, no SMT -> merged pairwise down to 16
+    layout = build_slots([Cpu(i) for i in range(256)])
+    assert layout.n_slots == 16 and len(layout.slots[0].cpus) == 16
+    assert sorted(c for s in layout.slots for c in s.cpus) == list(range(256))
+
+
+def test_take_selects_rows():
+    raw = make_raw(b=3)
+    raw.task_work[:] = [1, 2, 3]
+    sub = raw.take(np.array([0, 2]))
+    assert sub.batch == 2 and sub.task_work.tolist() == [1, 3]
