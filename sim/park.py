@@ -268,6 +268,9 @@ class ParkLoadBalanceVectorEnv(_ParkVector):
         a = np.asarray(actions, dtype=np.int64).reshape(-1)
         if a.shape != (self.num_envs,):
             raise ValueError(f"park: expected {self.num_envs} actions, got shape {np.shape(actions)}")
+        if a.min() < 0 or a.max() >= self.params.num_servers:
+            bad = a[(a < 0) | (a >= self.params.num_servers)]
+            raise ValueError(f"park: actions must lie in [0, {self.params.num_servers}), got {bad.tolist()}")
         return a
 
     def _reward(self, park_reward: np.ndarray, actions: np.ndarray) -> np.ndarray:
@@ -378,8 +381,8 @@ class ParkContractVectorEnv(_ParkVector):
     def _raw(self) -> spaces.RawObservation:
         e, B, S = self.engine, self.num_envs, self.params.num_servers
         now = e.now
-        remaining = np.maximum(e.cur_fin.reshape(B, S) - now[:, None], 0)
-        queued_size = (e.cum_size - e.cur_cum_size).reshape(B, S)
+        remaining = e.remaining_time()
+        queued_size = e.queued_size()
         queued = (e.n_assigned - e.n_started).reshape(B, S)
         busy = e.cur_cum_dur.reshape(B, S) - remaining  # busy time since the episode began
         since = now - self._prev_time

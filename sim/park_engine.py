@@ -35,7 +35,7 @@ same order (see :func:`draw_jobs`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -89,83 +89,76 @@ class ParkParams:
         return max(self.service_rates)
 
 
-def draw_jobs(rng: np.random.RandomState, params: ParkParams, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The next ``n`` jobs of Park's stream: sizes and inter-arrival gaps, as int64.
+def jobs_from_draws(e: np.ndarray, params: ParkParams) -> tuple[np.ndarray, np.ndarray]:
+    """Park's job sizes and inter-arrival gaps (int64) from its stream's standard-exponential draws.
 
-    Park calls ``rng.pareto(shape)`` then ``rng.exponential(interval)`` per job. Both are one legacy
-    standard-exponential draw ``E`` each, transformed as ``exp(E / shape) - 1`` and ``interval * E``;
-    drawing all ``2n`` values of ``E`` in one call and transforming them gives the same numbers.
-    ``np.exp`` and the C library's ``exp`` may differ in the last bit on some CPUs, so the few sizes
-    whose product lands within 1e-9 of an integer are recomputed with ``math.exp`` (the C one).
+    Park calls ``rng.pareto(shape)`` then ``rng.exponential(interval)`` per job. Each is one legacy
+    standard-exponential draw ``E``, transformed as ``exp(E / shape) - 1`` and ``interval * E``; so
+    ``e[..., 0::2]`` make the sizes and ``e[..., 1::2]`` the gaps. ``np.exp`` and the C library's
+    ``exp`` (which numpy's legacy sampler calls) may differ in the last bit on some CPUs, so the
+    rare sizes landing within 1e-9 of an integer are recomputed with ``math.exp``, the C one.
     """
-    e = rng.standard_exponential(2 * n)
-    factor = np.exp(e[0::2] / params.job_size_pareto_shape) - 1 + 1
-    raw = factor * params.job_size_pareto_scale
+    raw = (np.exp(e[..., 0::2] / params.job_size_pareto_shape) - 1 + 1) * params.job_size_pareto_scale
     sizes = raw.astype(np.int64)
+    exact_e = e[..., 0::2]
     close = np.flatnonzero(np.abs(raw - np.rint(raw)) < 1e-9 * np.maximum(raw, 1.0))
-    for i in close:  # almost never runs: a guard for bit-exactness, not a per-step loop
-        sizes[i] = int((math.exp(e[2 * i] / params.job_size_pareto_shape) - 1 + 1) * params.job_size_pareto_scale)
-    gaps = (params.job_interval * e[1::2]).astype(np.int64)
+    for i in close:  # almost never runs: a bit-exactness guard, once per episode, not per step
+        x = (math.exp(exact_e.flat[i] / params.job_size_pareto_shape) - 1 + 1) * params.job_size_pareto_scale
+        sizes.flat[i] = int(x)
+    gaps = (params.job_interval * e[..., 1::2]).astype(np.int64)
     return sizes, gaps
 
 
-@dataclass
 class _Rings:
-    """Per-server FIFO of unfinished jobs: finish time, cumulative size and cumulative service time."""
+    """Per-server FIFO of unfinished jobs, flat (index ``row * capacity + slot``, capacity a power
+    of two): finish time, cumulative size and cumulative service time of the server's jobs."""
 
-    fin: np.ndarray
-    cum_size: np.ndarray
-    cum_dur: np.ndarray
+    def __init__(self, rows: int, capacity: int) -> None:
+        self.capacity = capacity
+        self.mask = capacity - 1
+        self.fin, self.cum_size, self.cum_dur = (np.zeros(rows * capacity, dtype=np.int64) for _ in range(3))
 
-    @classmethod
-    def empty(cls, rows: int, capacity: int) -> "_Rings":
-        return cls(*(np.zeros((rows, capacity), dtype=np.int64) for _ in range(3)))
-
-    @property
-    def capacity(self) -> int:
-        return self.fin.shape[1]
+    def at(self, rows: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """Flat positions of the jobs with per-server sequence numbers ``index``."""
+        return rows * self.capacity + (index & self.mask)
 
 
-@dataclass
 class ParkBatch:
     """The state of B Park environments in lockstep (every episode has exactly ``num_stream_jobs``
     decisions, so all envs start and end their episodes on the same step).
 
-    Per-server arrays are flat, index ``env * num_servers + server``. Times, sizes and rewards are
-    integers as in Park; callers convert.
+    Per-server state is kept in flat int64 arrays indexed ``row = env * num_servers + server``
+    (one-dimensional gathers and scatters are several times cheaper in numpy than 2-D ones).
+    Times, sizes and rewards are integers as in Park; callers convert.
     """
 
-    params: ParkParams
-    num_envs: int
-    rngs: list[np.random.RandomState] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=list)
-    drawn: np.ndarray | None = None
-    """Jobs drawn from each env's stream since it was seeded (to re-derive Park's stream position)."""
-
-    def __post_init__(self) -> None:
-        p = self.params
-        self.S = p.num_servers
-        self.N = p.num_stream_jobs
-        self.rates = np.asarray(p.service_rates, dtype=np.float64)
-        self.row_base = np.arange(self.num_envs, dtype=np.int64) * self.S
-        self.env_of_row = np.repeat(np.arange(self.num_envs, dtype=np.int64), self.S)
+    def __init__(self, params: ParkParams, num_envs: int) -> None:
+        self.params = params
+        self.num_envs = num_envs
+        self.S = params.num_servers
+        self.N = params.num_stream_jobs
+        self.rates = np.asarray(params.service_rates, dtype=np.float64)
+        self.row_base = np.arange(num_envs, dtype=np.int64) * self.S
+        self.env_of_row = np.repeat(np.arange(num_envs, dtype=np.int64), self.S)
         self.window = np.arange(_WINDOW, dtype=np.int64)
-        self.rings = _Rings.empty(self.num_envs * self.S, 16)
+        self.rings = _Rings(num_envs * self.S, 64)
+        self.rngs: list[np.random.RandomState] = []
+        self.seeds: list[int] = []
+        self.drawn = np.zeros(num_envs, dtype=np.int64)
+        """Jobs drawn from each env's stream since it was seeded (to re-derive Park's position)."""
         self.k = 0
         self.active = False
 
     # ----------------------------------------------------------------------------------------
     # Seeding and episodes
 
-    def seed(self, seeds: Sequence[int], skip_jobs: int = 0) -> None:
-        """Like Park's ``env.seed(seeds[i])`` for every env (``skip_jobs`` jobs already drawn)."""
+    def seed(self, seeds: Sequence[int]) -> None:
+        """Like Park's ``env.seed(seeds[i])`` for every env."""
         if len(seeds) != self.num_envs:
             raise ValueError(f"park: expected {self.num_envs} seeds, got {len(seeds)}")
         self.seeds = [int(s) for s in seeds]
         self.rngs = [np.random.RandomState(s) for s in self.seeds]
-        for rng in self.rngs:
-            rng.standard_exponential(2 * skip_jobs)
-        self.drawn = np.full(self.num_envs, skip_jobs, dtype=np.int64)
+        self.drawn = np.zeros(self.num_envs, dtype=np.int64)
         self.active = False
 
     def rewind_to_park_position(self) -> None:
@@ -180,172 +173,181 @@ class ParkBatch:
     def new_episode(self) -> None:
         """Draw every env's next episode from its stream and empty the servers."""
         B, N = self.num_envs, self.N
-        self.sizes = np.zeros((B, N + 1), dtype=np.int64)  # column N: "no incoming job" (Park shows 0)
-        self.arrivals = np.zeros((B, N), dtype=np.int64)
-        for i, rng in enumerate(self.rngs):  # one draw per env per episode, never per step
-            sizes, gaps = draw_jobs(rng, self.params, N)
-            self.sizes[i, :N] = sizes
-            np.cumsum(gaps, out=self.arrivals[i])
+        draws = np.empty((B, 2 * N))
+        for i, rng in enumerate(self.rngs):  # one call per env per episode, never per step
+            draws[i] = rng.standard_exponential(2 * N)
         self.drawn += N
+        sizes, gaps = jobs_from_draws(draws, self.params)
+        self.sizes = np.zeros((B, N + 1), dtype=np.int64)  # column N: "no incoming job" (Park shows 0)
+        self.sizes[:, :N] = sizes
+        self.arrivals = np.cumsum(gaps, axis=1)
+        self.sizes_t = np.ascontiguousarray(self.sizes.T)  # per-step columns, contiguous
+        self.arrivals_t = np.ascontiguousarray(self.arrivals.T)
         rows = B * self.S
-        z = lambda: np.zeros(rows, dtype=np.int64)  # noqa: E731
-        self.n_assigned, self.n_started, self.n_done = z(), z(), z()
-        self.last_fin, self.cur_fin, self.cum_size, self.cum_dur = z(), z(), z(), z()
-        self.cur_cum_size, self.cur_cum_dur = z(), z()
+        zeros = lambda: np.zeros(rows, dtype=np.int64)  # noqa: E731
+        self.n_assigned, self.n_started, self.n_done = zeros(), zeros(), zeros()
+        self.last_fin, self.cum_size, self.cum_dur = zeros(), zeros(), zeros()
+        self.cur_fin, self.cur_cum_size, self.cur_cum_dur = zeros(), zeros(), zeros()
+        """Finish time, cumulative size and service time of the job Park calls current (the last started)."""
         self.head_fin = np.full(rows, _INF, dtype=np.int64)
+        """Finish time of the oldest job whose completion is not processed yet (INF: none)."""
         self.in_system = np.zeros(B, dtype=np.int64)
-        self.job_finish = np.zeros((B, N), dtype=np.int64)
-        self.job_server = np.zeros((B, N), dtype=np.int64)
+        self.job_finish_t = np.zeros((N, B), dtype=np.int64)
         self.returned = np.zeros(B, dtype=np.int64)
         self.k = 0
         self.active = True
 
     @property
+    def job_finish(self) -> np.ndarray:
+        """Finish time of every job assigned so far, (B, N)."""
+        return self.job_finish_t.T
+
+    @property
     def now(self) -> np.ndarray:
         """Time of the pending decision (the incoming job's arrival), (B,)."""
-        return self.arrivals[:, min(self.k, self.N - 1)]
+        return self.arrivals_t[min(self.k, self.N - 1)]
 
     @property
     def incoming_size(self) -> np.ndarray:
-        return self.sizes[:, self.k]
+        return self.sizes_t[self.k]
 
     # ----------------------------------------------------------------------------------------
     # One decision
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, bool]:
-        """Apply one action per env, run to the next arrival (or drain at the end): Park's reward
-        (int64, <= 0) and whether the episode ended."""
+        """Apply one valid server index per env, run to the next arrival (or drain at the end):
+        Park's reward (int64, <= 0) and whether the episode ended."""
         if not self.active:
             raise RuntimeError("park: step() before reset() or after the episode ended")
         k, N = self.k, self.N
-        a = self.arrivals[:, k]
-        self._assign(np.asarray(actions, dtype=np.int64), a)
+        now = self.arrivals_t[k]
+        self._assign(actions, now)
         if k == N - 1:
             # Park's last step pops every remaining completion: the reward is the rest of the
             # total sojourn time, which is known since every finish time is.
-            total = (self.job_finish - self.arrivals).sum(axis=1)
+            total = (self.job_finish_t - self.arrivals_t).sum(axis=0)
             reward = -total - self.returned
             self.returned += reward
             self.k = N
             self.active = False
             return reward, True
-        t_next = self.arrivals[:, k + 1]
-        reward = self._advance(a, t_next)
+        reward = self._advance(now, self.arrivals_t[k + 1])
         self.returned += reward
         self.k = k + 1
         return reward, False
 
     def _assign(self, actions: np.ndarray, now: np.ndarray) -> None:
         """Park's ``schedule`` + ``process`` on the chosen server: the job queues, and the head of
-        the queue starts if the current job has finished (popped or not)."""
-        if np.any((actions < 0) | (actions >= self.S)):
-            bad = actions[(actions < 0) | (actions >= self.S)]
-            raise ValueError(f"park: actions must lie in [0, {self.S}), got {bad.tolist()}")
-        k = self.k
+        the queue starts if the current job has finished (its completion popped or not)."""
         row = self.row_base + actions
-        size = self.sizes[:, k]
+        size = self.sizes_t[self.k]
         dur = (size / self.rates[actions]).astype(np.int64)
         fin = np.maximum(now, self.last_fin[row]) + dur
         self.last_fin[row] = fin
         n = self.n_assigned[row]
-        if np.any(n - self.n_done[row] >= self.rings.capacity):
+        if self.in_system.max() >= self.rings.capacity and np.any(n - self.n_done[row] >= self.rings.capacity):
             self._grow()
         r = self.rings
-        slot = n & (r.capacity - 1)
+        at = r.at(row, n)
         cs = self.cum_size[row] + size
         cd = self.cum_dur[row] + dur
         self.cum_size[row] = cs
         self.cum_dur[row] = cd
-        r.fin[row, slot] = fin
-        r.cum_size[row, slot] = cs
-        r.cum_dur[row, slot] = cd
+        r.fin[at] = fin
+        r.cum_size[at] = cs
+        r.cum_dur[at] = cd
         self.n_assigned[row] = n + 1
-        self.head_fin[row] = np.where(self.n_done[row] == n, fin, self.head_fin[row])
-        # process(): start queue[0] (the oldest unstarted job, maybe an older one) if idle.
-        start = self.cur_fin[row] <= now
+        self.head_fin[row] = np.minimum(self.head_fin[row], fin)  # INF when the server was empty
+        # process(): queue[0] starts if the current job has finished. Usually queue[0] is the new
+        # job on an idle server; rarely an older one whose predecessor ends exactly now.
         first = self.n_started[row]
-        fslot = first & (r.capacity - 1)
+        start = self.cur_fin[row] <= now
         self.n_started[row] = first + start
-        self.cur_fin[row] = np.where(start, r.fin[row, fslot], self.cur_fin[row])
-        self.cur_cum_size[row] = np.where(start, r.cum_size[row, fslot], self.cur_cum_size[row])
-        self.cur_cum_dur[row] = np.where(start, r.cum_dur[row, fslot], self.cur_cum_dur[row])
-        self.job_finish[:, k] = fin
-        self.job_server[:, k] = actions
+        new = np.flatnonzero(start)
+        started_row = row[new]
+        self.cur_fin[started_row] = fin[new]
+        self.cur_cum_size[started_row] = cs[new]
+        self.cur_cum_dur[started_row] = cd[new]
+        older = new[first[new] < n[new]]
+        if older.size:
+            self._load_current(row[older], first[older])
+        self.job_finish_t[self.k] = fin
         self.in_system += 1
+
+    def _load_current(self, rows: np.ndarray, index: np.ndarray) -> None:
+        at = self.rings.at(rows, index)
+        self.cur_fin[rows] = self.rings.fin[at]
+        self.cur_cum_size[rows] = self.rings.cum_size[at]
+        self.cur_cum_dur[rows] = self.rings.cum_dur[at]
 
     def _advance(self, now: np.ndarray, t_next: np.ndarray) -> np.ndarray:
         """Process the completions Park pops before the arrival at ``t_next``; returns the reward."""
-        rows = np.flatnonzero(self.head_fin.reshape(self.num_envs, self.S) <= t_next[:, None])
+        rows = np.flatnonzero(self.head_fin <= np.repeat(t_next, self.S))
         started_before = self.n_started[rows]
-        done_count = np.zeros(self.num_envs, dtype=np.int64)
-        done_fin_sum = np.zeros(self.num_envs, dtype=np.float64)
+        popped_count = np.zeros(self.num_envs)
+        early = np.zeros(self.num_envs)  # sum over popped jobs of (T - finish): exact in float64
         r = self.rings
-        mask = r.capacity - 1
         while rows.size:
             env = self.env_of_row[rows]
-            t = t_next[env][:, None]
+            t = t_next[env]
             head = self.n_done[rows]
             assigned = self.n_assigned[rows]
+            base = rows * r.capacity
             idx = head[:, None] + self.window
-            fin = r.fin[rows[:, None], idx & mask]
-            popped = (idx < assigned[:, None]) & (
-                (fin < t) | ((fin == t) & (idx < started_before[:, None]))
-            )
+            fin = r.fin[base[:, None] + (idx & r.mask)]
+            # Popped: ends before T, or at T having been pushed before the arrival (integer times).
+            popped = (fin < t[:, None] + (idx < started_before[:, None])) & (idx < assigned[:, None])
             count = popped.sum(axis=1)
-            done_count += np.bincount(env, weights=count, minlength=self.num_envs).astype(np.int64)
-            done_fin_sum += np.bincount(env, weights=np.where(popped, fin, 0).sum(axis=1), minlength=self.num_envs)
-            head = head + count
+            popped_count += np.bincount(env, weights=count, minlength=self.num_envs)
+            early += np.bincount(env, weights=((t[:, None] - fin) * popped).sum(axis=1), minlength=self.num_envs)
+            head += count
             self.n_done[rows] = head
             started = np.maximum(self.n_started[rows], np.minimum(head + 1, assigned))
             self.n_started[rows] = started
-            cur = (started - 1) & mask
-            self.cur_fin[rows] = r.fin[rows, cur]
-            self.cur_cum_size[rows] = r.cum_size[rows, cur]
-            self.cur_cum_dur[rows] = r.cum_dur[rows, cur]
-            nxt = np.where(head < assigned, r.fin[rows, head & mask], _INF)
+            self._load_current(rows, started - 1)
+            nxt = np.where(head < assigned, r.fin[base + (head & r.mask)], _INF)
             self.head_fin[rows] = nxt
             # Another pass only where the whole window was popped and the next one pops too.
-            more = (count == _WINDOW) & (
-                (nxt < t[:, 0]) | ((nxt == t[:, 0]) & (head < started_before))
-            )
+            full = count == _WINDOW
+            if not full.any():
+                break
+            more = full & (nxt < t + (head < started_before))
             rows, started_before = rows[more], started_before[more]
-        span = t_next - now
-        in_system = self.in_system
-        # Sum over jobs in the system of (min(finish, T) - now): the popped ones end before T.
-        integral = in_system * span - (done_count * t_next - done_fin_sum.astype(np.int64))
-        self.in_system = in_system - done_count
+        # Sum over jobs in the system of (min(finish, T) - now).
+        integral = self.in_system * (t_next - now) - early.astype(np.int64)
+        self.in_system -= popped_count.astype(np.int64)
         return -integral
 
     def _grow(self) -> None:
         """Double every ring (rare: a server holding more unfinished jobs than the ring has slots)."""
-        old, cap = self.rings, self.rings.capacity
-        new = _Rings.empty(old.fin.shape[0], 2 * cap)
+        old = self.rings
+        new = _Rings(len(self.n_done), 2 * old.capacity)
+        rows = np.arange(len(self.n_done), dtype=np.int64)
         live = self.n_assigned - self.n_done
-        for offset in range(cap):  # a loop over ring slots, once per doubling
-            pos = self.n_done + offset
-            ok = np.flatnonzero(offset < live)
-            for name in ("fin", "cum_size", "cum_dur"):
-                getattr(new, name)[ok, pos[ok] & (2 * cap - 1)] = getattr(old, name)[ok, pos[ok] & (cap - 1)]
-        # The current job's slot (one before the head when the server is idle) is cached in cur_*.
+        for offset in range(old.capacity):  # a loop over ring slots, once per doubling
+            keep = offset < live
+            pos = self.n_done[keep] + offset
+            src, dst = old.at(rows[keep], pos), new.at(rows[keep], pos)
+            new.fin[dst], new.cum_size[dst], new.cum_dur[dst] = old.fin[src], old.cum_size[src], old.cum_dur[src]
         self.rings = new
 
     # ----------------------------------------------------------------------------------------
-    # What Park and the contract observe at the pending decision
+    # What Park observes at the pending decision
 
-    def park_loads(self) -> np.ndarray:
-        """Park's per-server load, (B, S) int64: queued *sizes* plus the running job's remaining
-        *time* (``finish - now``), Park's mixed units, not yet clipped."""
-        if not self.active:
-            return np.zeros((self.num_envs, self.S), dtype=np.int64)
-        now = self.now
-        queued = self.cum_size - self.cur_cum_size
-        remaining = np.maximum(self.cur_fin.reshape(self.num_envs, self.S) - now[:, None], 0)
-        return queued.reshape(self.num_envs, self.S) + remaining
+    def remaining_time(self) -> np.ndarray:
+        """Remaining service time of each server's current job at the pending decision, (B, S)."""
+        return np.maximum(self.cur_fin.reshape(self.num_envs, self.S) - self.now[:, None], 0)
+
+    def queued_size(self) -> np.ndarray:
+        """Total size of the jobs waiting in each server's queue (not started), (B, S)."""
+        return (self.cum_size - self.cur_cum_size).reshape(self.num_envs, self.S)
 
     def park_obs(self) -> np.ndarray:
-        """Park's observation, (B, S + 1) float64: loads and the incoming job's size, clipped."""
-        out = np.empty((self.num_envs, self.S + 1), dtype=np.float64)
-        out[:, : self.S] = self.park_loads()
-        out[:, self.S] = self.sizes[:, self.k] if self.active else 0
-        np.minimum(out, self.params.obs_high, out=out)
+        """Park's observation, (B, S + 1) float64: per server the queued *sizes* plus the running
+        job's remaining *time* (Park's mixed units), then the incoming job's size; clipped."""
+        out = np.zeros((self.num_envs, self.S + 1), dtype=np.float64)
+        if self.active:
+            out[:, : self.S] = self.queued_size() + self.remaining_time()
+            out[:, self.S] = self.sizes_t[self.k]
+            np.minimum(out, self.params.obs_high, out=out)
         return out
