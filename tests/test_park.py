@@ -307,3 +307,25 @@ def test_contract_env_refuses_masked_actions_and_loses_nothing():
     obs, reward, *_ = env.step(np.array([4, 5]))
     twin_obs, twin_reward, *_ = twin.step(np.array([4, 5]))
     assert np.array_equal(obs, twin_obs) and np.array_equal(reward, twin_reward)
+
+
+# --------------------------------------------------------------------------------------------
+# lbagent bench sim (structure only: speed is reported, never asserted in tests)
+
+
+def test_bench_sim_cli_reports_park_rows_as_json():
+    import json
+
+    from click.testing import CliRunner
+
+    from lbagent.cli import main
+
+    result = CliRunner().invoke(main, ["bench", "sim", "--dynamics", "park", "--repeats", "1", "--scale", "0.01", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["rows"]
+    assert [(r["dynamics"], r["num_envs"]) for r in rows] == [("park", 1), ("park", 1), ("park", 64), ("park", 1024)]
+    assert all(r["steps_per_s"] > 0 for r in rows) and rows[0]["vs_reference"] == 1.0
+    assert rows[3]["vs_reference"] == pytest.approx(rows[3]["steps_per_s"] / rows[0]["steps_per_s"])
+
+    bad = CliRunner().invoke(main, ["bench", "sim", "--dynamics", "nope"])
+    assert bad.exit_code == 2 and "unknown nope" in bad.output
