@@ -381,8 +381,7 @@ class ParkContractVectorEnv(_ParkVector):
     def _raw(self) -> spaces.RawObservation:
         e, B, S = self.engine, self.num_envs, self.params.num_servers
         now = e.now
-        remaining = e.remaining_time()
-        queued_size = e.queued_size()
+        remaining, queued_size = e.server_state()
         queued = (e.n_assigned - e.n_started).reshape(B, S)
         busy = e.cur_cum_dur.reshape(B, S) - remaining  # busy time since the episode began
         since = now - self._prev_time

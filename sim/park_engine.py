@@ -9,10 +9,9 @@ exactly without a heap, from three facts:
   Each server keeps its unfinished jobs in a ring buffer with three per-server counters: jobs
   assigned, jobs *started* (left Park's queue), jobs whose completion event was *processed*.
 - **Everything between two decisions is one time window.** Decision ``k`` happens at the arrival of
-  job ``k``; the next at ``T = arrival_{k+1}``. The completions processed in between are, per server,
-  a prefix of its ring: a few gathers over a window of ``W`` ring slots decide them all at once.
-  The reward is minus the integral of the number of jobs in the system over the window:
-  ``jobs_in_system * (T - t) - sum over completions in the window of (T - finish)``.
+  job ``k``; the next at ``T = arrival_{k+1}``. A server's completions in the window are a prefix of its ring, popped in passes over the
+  servers that still have one. The reward is minus the integral of the number of jobs in the
+  system over the window: ``jobs_in_system * (T - t) - sum over popped jobs of (T - finish)``.
 - **Ties are decided by when an event was pushed.** Park pops an arrival and a completion at the
   same time in push order. Arrival ``k+1`` is pushed during step ``k`` right after the action, so a
   completion at exactly ``T`` is popped *after* it (not yet processed at decision ``k+1``) exactly
@@ -29,7 +28,7 @@ the shortest is ``int(100 / 1.05) = 95``.
 Random draws: each env owns a ``numpy.random.RandomState`` seeded like Park's ``env.seed(k)``; Park
 draws per job ``pareto(shape)`` then ``exponential(interval)``, one double each, lazily. Nothing
 else draws, so an episode's whole job list can be drawn at its start from the same stream in the
-same order (see :func:`draw_jobs`).
+same order (see :func:`jobs_from_draws`).
 """
 
 from __future__ import annotations
@@ -44,10 +43,6 @@ PARK_DEFAULT_SEED = 42
 """Park seeds every env with ``config.seed`` (42) in its constructor."""
 
 _INF = np.iinfo(np.int64).max // 4
-_WINDOW = 4
-"""Ring slots examined per server per pass: more than four completions on one server between two
-decisions is rare (service times are >= 95 with Park's defaults, gaps average 55), and is handled
-by another pass."""
 
 
 @dataclass(frozen=True)
@@ -140,13 +135,14 @@ class ParkBatch:
         self.rates = np.asarray(params.service_rates, dtype=np.float64)
         self.row_base = np.arange(num_envs, dtype=np.int64) * self.S
         self.env_of_row = np.repeat(np.arange(num_envs, dtype=np.int64), self.S)
-        self.window = np.arange(_WINDOW, dtype=np.int64)
         self.rings = _Rings(num_envs * self.S, 64)
         self.rngs: list[np.random.RandomState] = []
         self.seeds: list[int] = []
         self.drawn = np.zeros(num_envs, dtype=np.int64)
         """Jobs drawn from each env's stream since it was seeded (to re-derive Park's position)."""
         self.k = 0
+        self.episode = 0
+        self._state_at: tuple[int, int] | None = None
         self.active = False
 
     # ----------------------------------------------------------------------------------------
@@ -195,6 +191,8 @@ class ParkBatch:
         self.job_finish_t = np.zeros((N, B), dtype=np.int64)
         self.returned = np.zeros(B, dtype=np.int64)
         self.k = 0
+        self.episode += 1
+        self._now_rows: np.ndarray | None = None
         self.active = True
 
     @property
@@ -281,41 +279,45 @@ class ParkBatch:
         self.cur_cum_dur[rows] = self.rings.cum_dur[at]
 
     def _advance(self, now: np.ndarray, t_next: np.ndarray) -> np.ndarray:
-        """Process the completions Park pops before the arrival at ``t_next``; returns the reward."""
-        rows = np.flatnonzero(self.head_fin <= np.repeat(t_next, self.S))
-        started_before = self.n_started[rows]
-        popped_count = np.zeros(self.num_envs)
-        early = np.zeros(self.num_envs)  # sum over popped jobs of (T - finish): exact in float64
+        """Process the completions Park pops before the arrival at ``t_next``; returns the reward.
+
+        A head pops if it ends before ``T``, or at ``T`` having started before this loop (integer
+        times: ``finish < T + started_before``). Every head selected here started before the loop,
+        so it pops; its successors pop in further passes over the (few, shrinking) rows where they
+        still end in the window. Only 1-D gathers and scatters: numpy's 2-D ones cost several
+        times more per element at these sizes.
+        """
         r = self.rings
-        while rows.size:
-            env = self.env_of_row[rows]
-            t = t_next[env]
-            head = self.n_done[rows]
-            assigned = self.n_assigned[rows]
-            base = rows * r.capacity
-            idx = head[:, None] + self.window
-            fin = r.fin[base[:, None] + (idx & r.mask)]
-            # Popped: ends before T, or at T having been pushed before the arrival (integer times).
-            popped = (fin < t[:, None] + (idx < started_before[:, None])) & (idx < assigned[:, None])
-            count = popped.sum(axis=1)
-            popped_count += np.bincount(env, weights=count, minlength=self.num_envs)
-            early += np.bincount(env, weights=((t[:, None] - fin) * popped).sum(axis=1), minlength=self.num_envs)
-            head += count
-            self.n_done[rows] = head
-            started = np.maximum(self.n_started[rows], np.minimum(head + 1, assigned))
-            self.n_started[rows] = started
-            self._load_current(rows, started - 1)
-            nxt = np.where(head < assigned, r.fin[base + (head & r.mask)], _INF)
-            self.head_fin[rows] = nxt
-            # Another pass only where the whole window was popped and the next one pops too.
-            full = count == _WINDOW
-            if not full.any():
-                break
-            more = full & (nxt < t + (head < started_before))
-            rows, started_before = rows[more], started_before[more]
-        # Sum over jobs in the system of (min(finish, T) - now).
-        integral = self.in_system * (t_next - now) - early.astype(np.int64)
-        self.in_system -= popped_count.astype(np.int64)
+        self._now_rows = np.repeat(t_next, self.S)  # the next decision's time, per server
+        rows = np.flatnonzero(self.head_fin <= self._now_rows)
+        env = self.env_of_row[rows]
+        t = t_next[env]
+        started_before = self.n_started[rows]
+        assigned = self.n_assigned[rows]
+        base = rows * r.capacity
+        head = self.n_done[rows] + 1
+        early = t - self.head_fin[rows]  # per row: sum over its popped jobs of (T - finish)
+        count = np.ones(rows.size, dtype=np.int64)
+        nxt = np.where(head < assigned, r.fin[base + (head & r.mask)], _INF)
+        more = np.flatnonzero(nxt < t + (head < started_before))
+        while more.size:
+            fin, t_more = nxt[more], t[more]
+            early[more] += t_more - fin
+            count[more] += 1
+            h = head[more] + 1
+            head[more] = h
+            fin = np.where(h < assigned[more], r.fin[base[more] + (h & r.mask)], _INF)
+            nxt[more] = fin
+            more = more[fin < t_more + (h < started_before[more])]
+        self.n_done[rows] = head
+        self.head_fin[rows] = nxt
+        # process() after each pop starts the next queued job if the popped one was current.
+        started = np.maximum(started_before, np.minimum(head + 1, assigned))
+        self.n_started[rows] = started
+        self._load_current(rows, started - 1)
+        # Sum over jobs in the system of (min(finish, T) - now): the popped ones end before T.
+        integral = self.in_system * (t_next - now) - np.bincount(env, weights=early, minlength=self.num_envs).astype(np.int64)
+        self.in_system -= np.bincount(env, weights=count, minlength=self.num_envs).astype(np.int64)
         return -integral
 
     def _grow(self) -> None:
@@ -334,20 +336,24 @@ class ParkBatch:
     # ----------------------------------------------------------------------------------------
     # What Park observes at the pending decision
 
-    def remaining_time(self) -> np.ndarray:
-        """Remaining service time of each server's current job at the pending decision, (B, S)."""
-        return np.maximum(self.cur_fin.reshape(self.num_envs, self.S) - self.now[:, None], 0)
-
-    def queued_size(self) -> np.ndarray:
-        """Total size of the jobs waiting in each server's queue (not started), (B, S)."""
-        return (self.cum_size - self.cur_cum_size).reshape(self.num_envs, self.S)
+    def server_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """At the pending decision, per server (B, S) int64: the remaining service time of the
+        current job, and the total size of the jobs waiting behind it. Computed once per decision."""
+        if self._state_at != (self.k, self.episode):
+            now = self._now_rows if self._now_rows is not None else np.repeat(self.now, self.S)
+            remaining = self.cur_fin - now
+            np.maximum(remaining, 0, out=remaining)
+            self._state = (remaining.reshape(self.num_envs, self.S), (self.cum_size - self.cur_cum_size).reshape(self.num_envs, self.S))
+            self._state_at = (self.k, self.episode)
+        return self._state
 
     def park_obs(self) -> np.ndarray:
         """Park's observation, (B, S + 1) float64: per server the queued *sizes* plus the running
         job's remaining *time* (Park's mixed units), then the incoming job's size; clipped."""
         out = np.zeros((self.num_envs, self.S + 1), dtype=np.float64)
         if self.active:
-            out[:, : self.S] = self.queued_size() + self.remaining_time()
+            remaining, queued = self.server_state()
+            np.add(remaining, queued, out=out[:, : self.S])
             out[:, self.S] = self.sizes_t[self.k]
             np.minimum(out, self.params.obs_high, out=out)
         return out
