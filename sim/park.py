@@ -355,7 +355,7 @@ class ParkContractVectorEnv(_ParkVector):
     def _episode_end(self, reward: np.ndarray) -> dict[str, Any]:
         e = self.engine
         jct = self._jct()
-        slowdown = jct / (e.sizes[:, : e.N] / self._max_rate)
+        slowdown = jct / (e.sizes / self._max_rate)
         stats = [EpisodeStats(jct[i], slowdown[i], float(self._return[i])) for i in range(self.num_envs)]
         self._return = np.zeros(self.num_envs)
         self._prev_time = np.zeros(self.num_envs, dtype=np.int64)

@@ -84,24 +84,34 @@ class ParkParams:
         return max(self.service_rates)
 
 
-def jobs_from_draws(e: np.ndarray, params: ParkParams) -> tuple[np.ndarray, np.ndarray]:
-    """Park's job sizes and inter-arrival gaps (int64) from its stream's standard-exponential draws.
+def jobs_from_draws(u: np.ndarray, params: ParkParams) -> tuple[np.ndarray, np.ndarray]:
+    """Park's job sizes and inter-arrival gaps (int64) from its stream's uniform doubles ``u``.
 
-    Park calls ``rng.pareto(shape)`` then ``rng.exponential(interval)`` per job. Each is one legacy
-    standard-exponential draw ``E``, transformed as ``exp(E / shape) - 1`` and ``interval * E``; so
-    ``e[..., 0::2]`` make the sizes and ``e[..., 1::2]`` the gaps. ``np.exp`` and the C library's
-    ``exp`` (which numpy's legacy sampler calls) may differ in the last bit on some CPUs, so the
-    rare sizes landing within 1e-9 of an integer are recomputed with ``math.exp``, the C one.
+    Park calls ``rng.pareto(shape)`` then ``rng.exponential(interval)`` per job. numpy's legacy
+    sampler makes each from one double ``u`` as ``E = -log(1 - u)``, then ``exp(E / shape) - 1`` and
+    ``interval * E``; so ``u[..., 0::2]`` make the sizes and ``u[..., 1::2]`` the gaps. numpy's
+    vectorized ``log``/``exp`` may differ from the C library's (which the sampler calls) in the
+    last bit, which can only matter where the truncation to int is within rounding of an integer:
+    those rare values are recomputed with ``math.log``/``math.exp``, the C ones.
     """
-    raw = (np.exp(e[..., 0::2] / params.job_size_pareto_shape) - 1 + 1) * params.job_size_pareto_scale
-    sizes = raw.astype(np.int64)
-    exact_e = e[..., 0::2]
-    close = np.flatnonzero(np.abs(raw - np.rint(raw)) < 1e-9 * np.maximum(raw, 1.0))
-    for i in close:  # almost never runs: a bit-exactness guard, once per episode, not per step
-        x = (math.exp(exact_e.flat[i] / params.job_size_pareto_shape) - 1 + 1) * params.job_size_pareto_scale
-        sizes.flat[i] = int(x)
-    gaps = (params.job_interval * e[..., 1::2]).astype(np.int64)
+    e = -np.log(1.0 - u)
+    sizes = _truncate(
+        (np.exp(e[..., 0::2] / params.job_size_pareto_shape) - 1 + 1) * params.job_size_pareto_scale,
+        lambda x: (math.exp(-math.log(1.0 - x) / params.job_size_pareto_shape) - 1 + 1) * params.job_size_pareto_scale,
+        u[..., 0::2],
+    )
+    gaps = _truncate(params.job_interval * e[..., 1::2], lambda x: params.job_interval * -math.log(1.0 - x), u[..., 1::2])
     return sizes, gaps
+
+
+def _truncate(value: np.ndarray, exact, u: np.ndarray) -> np.ndarray:
+    """``int(value)``, recomputing with ``exact(u)`` the values within 1e-9 (relative) of an integer."""
+    out = value.astype(np.int64)
+    frac = value - out
+    tol = value * 1e-9 + 1e-12
+    for i in np.flatnonzero((frac < tol) | (frac > 1 - tol)):  # a handful per million draws
+        out.flat[i] = int(exact(float(u.flat[i])))
+    return out
 
 
 class _Rings:
@@ -163,7 +173,7 @@ class ParkBatch:
         consumed = self.drawn - self.N + self.k + 1
         self.rngs = [np.random.RandomState(s) for s in self.seeds]
         for rng, n in zip(self.rngs, consumed):
-            rng.standard_exponential(2 * int(n))
+            rng.random_sample(2 * int(n))
         self.drawn = consumed
 
     def new_episode(self) -> None:
@@ -171,14 +181,12 @@ class ParkBatch:
         B, N = self.num_envs, self.N
         draws = np.empty((B, 2 * N))
         for i, rng in enumerate(self.rngs):  # one call per env per episode, never per step
-            draws[i] = rng.standard_exponential(2 * N)
+            draws[i] = rng.random_sample(2 * N)
         self.drawn += N
         sizes, gaps = jobs_from_draws(draws, self.params)
-        self.sizes = np.zeros((B, N + 1), dtype=np.int64)  # column N: "no incoming job" (Park shows 0)
-        self.sizes[:, :N] = sizes
-        self.arrivals = np.cumsum(gaps, axis=1)
-        self.sizes_t = np.ascontiguousarray(self.sizes.T)  # per-step columns, contiguous
-        self.arrivals_t = np.ascontiguousarray(self.arrivals.T)
+        self.sizes_t = np.zeros((N + 1, B), dtype=np.int64)  # row N: "no incoming job" (Park shows 0)
+        self.sizes_t[:N] = sizes.T
+        self.arrivals_t = np.cumsum(gaps.T, axis=0)
         rows = B * self.S
         zeros = lambda: np.zeros(rows, dtype=np.int64)  # noqa: E731
         self.n_assigned, self.n_started, self.n_done = zeros(), zeros(), zeros()
@@ -199,6 +207,16 @@ class ParkBatch:
     def job_finish(self) -> np.ndarray:
         """Finish time of every job assigned so far, (B, N)."""
         return self.job_finish_t.T
+
+    @property
+    def arrivals(self) -> np.ndarray:
+        """Arrival time of every job of the episode, (B, N)."""
+        return self.arrivals_t.T
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Size of every job of the episode, (B, N)."""
+        return self.sizes_t[: self.N].T
 
     @property
     def now(self) -> np.ndarray:

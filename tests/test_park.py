@@ -3,6 +3,8 @@ and the contract-speaking variant."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -92,9 +94,17 @@ def test_draws_match_parks_scalar_calls():
     params = ParkParams()
     for seed in (0, 7, 123456):
         rng = np.random.RandomState(seed)
-        expected = [(int((rng.pareto(1.5) + 1) * 100.0), int(rng.exponential(55))) for _ in range(500)]
-        sizes, gaps = jobs_from_draws(np.random.RandomState(seed).standard_exponential(1000), params)
+        expected = [(int((rng.pareto(1.5) + 1) * 100.0), int(rng.exponential(55))) for _ in range(20_000)]
+        sizes, gaps = jobs_from_draws(np.random.RandomState(seed).random_sample(40_000), params)
         assert list(zip(sizes.tolist(), gaps.tolist())) == expected
+
+
+def test_draws_recompute_values_on_an_integer_boundary_with_the_c_library():
+    # u chosen so that 55 * -log(1 - u) is 110 up to rounding: the guard recomputes it exactly.
+    params = ParkParams()
+    u = np.array([0.5, -np.expm1(-2.0)])
+    _, gaps = jobs_from_draws(u, params)
+    assert gaps.tolist() == [int(55 * -math.log(1.0 - float(u[1])))]
 
 
 def lockstep(params: dict, num_envs: int, episodes: int, seed: int, policy: str) -> int:
@@ -194,7 +204,7 @@ actions_strategy = st.lists(st.integers(0, 2), min_size=40, max_size=40)
 @given(seed=st.integers(0, 2**31 - 1), actions=actions_strategy)
 def test_work_conserved_and_no_job_faster_than_its_service_time(seed, actions):
     e, _ = episode(SMALL, seed, actions)
-    arrival, finish, size = e.arrivals[0], e.job_finish[0], e.sizes[0, :-1]
+    arrival, finish, size = e.arrivals[0], e.job_finish[0], e.sizes[0]
     rates = np.asarray(SMALL["service_rates"])[actions]
     service = (size / rates).astype(np.int64)
     assert np.all(finish - arrival >= service)
