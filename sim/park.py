@@ -337,7 +337,6 @@ class ParkContractVectorEnv(_ParkVector):
         self._episodes_in_trial = 0
         self._trial_start = True
         self._prev_time = np.zeros(B, dtype=np.int64)
-        self._prev_busy = np.zeros((B, S), dtype=np.int64)
         self._placed = np.zeros((B, S))
         self._return = np.zeros(B)
 
@@ -359,7 +358,6 @@ class ParkContractVectorEnv(_ParkVector):
         stats = [EpisodeStats(jct[i], slowdown[i], float(self._return[i])) for i in range(self.num_envs)]
         self._return = np.zeros(self.num_envs)
         self._prev_time = np.zeros(self.num_envs, dtype=np.int64)
-        self._prev_busy = np.zeros_like(self._prev_busy)
         self._placed = np.zeros_like(self._placed)
         self._episodes_in_trial += 1
         self._trial_start = self._episodes_in_trial % self.episodes_per_trial == 0
@@ -383,14 +381,13 @@ class ParkContractVectorEnv(_ParkVector):
         now = e.now
         remaining, queued_size = e.server_state()
         queued = (e.n_assigned - e.n_started).reshape(B, S)
-        busy = e.cur_cum_dur.reshape(B, S) - remaining  # busy time since the episode began
         since = now - self._prev_time
-        util = np.where(
-            since[:, None] > 0,
-            (busy - self._prev_busy) / np.maximum(since, 1)[:, None],
-            (remaining > 0).astype(np.float64),
-        )
-        self._prev_time, self._prev_busy = now.copy(), busy
+        # A FIFO server never idles while it has work, and no job was assigned since the previous
+        # decision but the one placed at it: the server was busy from then until its last job's
+        # finish (or now).
+        busy = np.clip(e.last_fin.reshape(B, S) - self._prev_time[:, None], 0, since[:, None])
+        util = np.where(since[:, None] > 0, busy / np.maximum(since, 1)[:, None], (remaining > 0).astype(np.float64))
+        self._prev_time = now.copy()
 
         def pad(x: np.ndarray) -> np.ndarray:
             out = np.zeros((B, spaces.MAX_SLOTS))

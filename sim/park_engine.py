@@ -116,12 +116,13 @@ def _truncate(value: np.ndarray, exact, u: np.ndarray) -> np.ndarray:
 
 class _Rings:
     """Per-server FIFO of unfinished jobs, flat (index ``row * capacity + slot``, capacity a power
-    of two): finish time, cumulative size and cumulative service time of the server's jobs."""
+    of two): finish time and cumulative size of the server's jobs."""
 
     def __init__(self, rows: int, capacity: int) -> None:
         self.capacity = capacity
         self.mask = capacity - 1
-        self.fin, self.cum_size, self.cum_dur = (np.zeros(rows * capacity, dtype=np.int64) for _ in range(3))
+        self.fin = np.zeros(rows * capacity, dtype=np.int64)
+        self.cum_size = np.zeros(rows * capacity, dtype=np.int64)
 
     def at(self, rows: np.ndarray, index: np.ndarray) -> np.ndarray:
         """Flat positions of the jobs with per-server sequence numbers ``index``."""
@@ -133,8 +134,10 @@ class ParkBatch:
     decisions, so all envs start and end their episodes on the same step).
 
     Per-server state is kept in flat int64 arrays indexed ``row = env * num_servers + server``
-    (one-dimensional gathers and scatters are several times cheaper in numpy than 2-D ones).
-    Times, sizes and rewards are integers as in Park; callers convert.
+    (one-dimensional gathers and scatters are several times cheaper in numpy than 2-D ones). At
+    B = 1024 a step is bound by the number of numpy calls, not by data, so the code keeps that
+    number small. Times and sizes are integers as in Park; rewards are float64 holding integers
+    (exact below 2**53).
     """
 
     def __init__(self, params: ParkParams, num_envs: int) -> None:
@@ -190,14 +193,15 @@ class ParkBatch:
         rows = B * self.S
         zeros = lambda: np.zeros(rows, dtype=np.int64)  # noqa: E731
         self.n_assigned, self.n_started, self.n_done = zeros(), zeros(), zeros()
-        self.last_fin, self.cum_size, self.cum_dur = zeros(), zeros(), zeros()
-        self.cur_fin, self.cur_cum_size, self.cur_cum_dur = zeros(), zeros(), zeros()
-        """Finish time, cumulative size and service time of the job Park calls current (the last started)."""
+        self.last_fin, self.cum_size = zeros(), zeros()
+        """Finish time of the last job assigned to each server, and the total size assigned to it."""
+        self.cur_fin, self.cur_cum_size = zeros(), zeros()
+        """Finish time and cumulative size of the job Park calls current (the last started)."""
         self.head_fin = np.full(rows, _INF, dtype=np.int64)
         """Finish time of the oldest job whose completion is not processed yet (INF: none)."""
-        self.in_system = np.zeros(B, dtype=np.int64)
+        self.in_system = np.zeros(B)
         self.job_finish_t = np.zeros((N, B), dtype=np.int64)
-        self.returned = np.zeros(B, dtype=np.int64)
+        self.returned = np.zeros(B)
         self.k = 0
         self.episode += 1
         self._now_rows: np.ndarray | None = None
@@ -232,7 +236,7 @@ class ParkBatch:
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, bool]:
         """Apply one valid server index per env, run to the next arrival (or drain at the end):
-        Park's reward (int64, <= 0) and whether the episode ended."""
+        Park's reward (float64 holding an integer, <= 0) and whether the episode ended."""
         if not self.active:
             raise RuntimeError("park: step() before reset() or after the episode ended")
         k, N = self.k, self.N
@@ -257,8 +261,7 @@ class ParkBatch:
         the queue starts if the current job has finished (its completion popped or not)."""
         row = self.row_base + actions
         size = self.sizes_t[self.k]
-        dur = (size / self.rates[actions]).astype(np.int64)
-        fin = np.maximum(now, self.last_fin[row]) + dur
+        fin = np.maximum(now, self.last_fin[row]) + (size / self.rates[actions]).astype(np.int64)
         self.last_fin[row] = fin
         n = self.n_assigned[row]
         if self.in_system.max() >= self.rings.capacity and np.any(n - self.n_done[row] >= self.rings.capacity):
@@ -266,25 +269,20 @@ class ParkBatch:
         r = self.rings
         at = r.at(row, n)
         cs = self.cum_size[row] + size
-        cd = self.cum_dur[row] + dur
         self.cum_size[row] = cs
-        self.cum_dur[row] = cd
         r.fin[at] = fin
         r.cum_size[at] = cs
-        r.cum_dur[at] = cd
         self.n_assigned[row] = n + 1
         self.head_fin[row] = np.minimum(self.head_fin[row], fin)  # INF when the server was empty
         # process(): queue[0] starts if the current job has finished. Usually queue[0] is the new
         # job on an idle server; rarely an older one whose predecessor ends exactly now.
         first = self.n_started[row]
-        start = self.cur_fin[row] <= now
+        cur_fin = self.cur_fin[row]
+        start = cur_fin <= now
         self.n_started[row] = first + start
-        new = np.flatnonzero(start)
-        started_row = row[new]
-        self.cur_fin[started_row] = fin[new]
-        self.cur_cum_size[started_row] = cs[new]
-        self.cur_cum_dur[started_row] = cd[new]
-        older = new[first[new] < n[new]]
+        self.cur_fin[row] = np.where(start, fin, cur_fin)
+        self.cur_cum_size[row] = np.where(start, cs, self.cur_cum_size[row])
+        older = np.flatnonzero(start & (first < n))
         if older.size:
             self._load_current(row[older], first[older])
         self.job_finish_t[self.k] = fin
@@ -294,7 +292,6 @@ class ParkBatch:
         at = self.rings.at(rows, index)
         self.cur_fin[rows] = self.rings.fin[at]
         self.cur_cum_size[rows] = self.rings.cum_size[at]
-        self.cur_cum_dur[rows] = self.rings.cum_dur[at]
 
     def _advance(self, now: np.ndarray, t_next: np.ndarray) -> np.ndarray:
         """Process the completions Park pops before the arrival at ``t_next``; returns the reward.
@@ -313,15 +310,14 @@ class ParkBatch:
         started_before = self.n_started[rows]
         assigned = self.n_assigned[rows]
         base = rows * r.capacity
-        head = self.n_done[rows] + 1
+        popped_before = self.n_done[rows]
+        head = popped_before + 1
         early = t - self.head_fin[rows]  # per row: sum over its popped jobs of (T - finish)
-        count = np.ones(rows.size, dtype=np.int64)
         nxt = np.where(head < assigned, r.fin[base + (head & r.mask)], _INF)
         more = np.flatnonzero(nxt < t + (head < started_before))
         while more.size:
             fin, t_more = nxt[more], t[more]
             early[more] += t_more - fin
-            count[more] += 1
             h = head[more] + 1
             head[more] = h
             fin = np.where(h < assigned[more], r.fin[base[more] + (h & r.mask)], _INF)
@@ -334,8 +330,8 @@ class ParkBatch:
         self.n_started[rows] = started
         self._load_current(rows, started - 1)
         # Sum over jobs in the system of (min(finish, T) - now): the popped ones end before T.
-        integral = self.in_system * (t_next - now) - np.bincount(env, weights=early, minlength=self.num_envs).astype(np.int64)
-        self.in_system -= np.bincount(env, weights=count, minlength=self.num_envs).astype(np.int64)
+        integral = self.in_system * (t_next - now) - np.bincount(env, weights=early, minlength=self.num_envs)
+        self.in_system -= np.bincount(env, weights=head - popped_before, minlength=self.num_envs)
         return -integral
 
     def _grow(self) -> None:
@@ -348,7 +344,7 @@ class ParkBatch:
             keep = offset < live
             pos = self.n_done[keep] + offset
             src, dst = old.at(rows[keep], pos), new.at(rows[keep], pos)
-            new.fin[dst], new.cum_size[dst], new.cum_dur[dst] = old.fin[src], old.cum_size[src], old.cum_dur[src]
+            new.fin[dst], new.cum_size[dst] = old.fin[src], old.cum_size[src]
         self.rings = new
 
     # ----------------------------------------------------------------------------------------
