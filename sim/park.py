@@ -274,7 +274,7 @@ class ParkLoadBalanceVectorEnv(_ParkVector):
         return a
 
     def _reward(self, park_reward: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        return park_reward.astype(np.float64)
+        return park_reward
 
     def _episode_end(self, reward: np.ndarray) -> dict[str, Any]:
         every = np.ones(self.num_envs, dtype=bool)

@@ -284,12 +284,14 @@ class ParkBatch:
         self.cur_cum_size[row] = np.where(start, cs, self.cur_cum_size[row])
         older = np.flatnonzero(start & (first < n))
         if older.size:
-            self._load_current(row[older], first[older])
+            rows = row[older]
+            self._load_current(rows, rows * r.capacity, first[older])
         self.job_finish_t[self.k] = fin
         self.in_system += 1
 
-    def _load_current(self, rows: np.ndarray, index: np.ndarray) -> None:
-        at = self.rings.at(rows, index)
+    def _load_current(self, rows: np.ndarray, base: np.ndarray, index: np.ndarray) -> None:
+        """Make job ``index`` of each server Park's current job (``base``: the rows' ring offsets)."""
+        at = base + (index & self.rings.mask)
         self.cur_fin[rows] = self.rings.fin[at]
         self.cur_cum_size[rows] = self.rings.cum_size[at]
 
@@ -328,7 +330,7 @@ class ParkBatch:
         # process() after each pop starts the next queued job if the popped one was current.
         started = np.maximum(started_before, np.minimum(head + 1, assigned))
         self.n_started[rows] = started
-        self._load_current(rows, started - 1)
+        self._load_current(rows, base, started - 1)
         # Sum over jobs in the system of (min(finish, T) - now): the popped ones end before T.
         integral = self.in_system * (t_next - now) - np.bincount(env, weights=early, minlength=self.num_envs)
         self.in_system -= np.bincount(env, weights=head - popped_before, minlength=self.num_envs)
