@@ -139,6 +139,7 @@ class ParkLoadBalanceEnv(gym.Env):
         return np.array(loads, dtype=np.float64)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)  # gymnasium's bookkeeping; Park's draws come from self._rng
         if seed is not None:
             self._rng = np.random.RandomState(seed)
         self._start_episode()
