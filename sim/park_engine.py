@@ -8,10 +8,11 @@ exactly without a heap, from three facts:
   so job ``j`` finishes at ``max(arrival_j, finish_of_previous_on_that_server) + int(size_j / rate)``.
   Each server keeps its unfinished jobs in a ring buffer with three per-server counters: jobs
   assigned, jobs *started* (left Park's queue), jobs whose completion event was *processed*.
-- **Everything between two decisions is one time window.** Decision ``k`` happens at the arrival of
-  job ``k``; the next at ``T = arrival_{k+1}``. A server's completions in the window are a prefix of its ring, popped in passes over the
-  servers that still have one. The reward is minus the integral of the number of jobs in the
-  system over the window: ``jobs_in_system * (T - t) - sum over popped jobs of (T - finish)``.
+- **Everything between two decisions is one time window.** Decision ``k`` happens at the arrival
+  of job ``k`` (time ``now``); the next at ``T = arrival_{k+1}``. A server's completions in the
+  window are a prefix of its ring, popped in passes over the servers that still have one. The
+  reward is minus the integral of the number of jobs in the system over the window:
+  ``jobs_in_system * (T - now) - sum over popped jobs of (T - finish)``.
 - **Ties are decided by when an event was pushed.** Park pops an arrival and a completion at the
   same time in push order. Arrival ``k+1`` is pushed during step ``k`` right after the action, so a
   completion at exactly ``T`` is popped *after* it (not yet processed at decision ``k+1``) exactly
