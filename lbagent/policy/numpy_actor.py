@@ -111,9 +111,15 @@ class DreamerActor:
         self.name = name
         self.greedy = greedy
         self.reset_each_episode = reset_each_episode
-        eps = float(arch["ln_eps"])
+        self.eps = float(arch["ln_eps"])
         self.deter, self.stoch, self.classes = int(arch["deter"]), int(arch["stoch"]), int(arch["classes"])
         self.actor_hidden, self.unimix = int(arch["actor_hidden"]), float(arch["unimix"])
+        self.set_weights(weights)
+        self.begin_trial(1, 0)
+
+    def set_weights(self, weights: Weights) -> None:
+        """Swap in new weights and keep every row's memory (the trainer refreshes after each update)."""
+        eps = self.eps
         w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
         self.encoder = _Mlp(w, "wm.encoder.", eps)
         self.img_in = _Mlp(w, "wm.rssm.img_in.", eps)
@@ -123,7 +129,6 @@ class DreamerActor:
         self.head = _Mlp(w, "actor.head.", eps)
         zero = (np.zeros((1, self.stoch * self.classes)), np.zeros((1, N_ACTIONS)), np.zeros((1, self.deter)))
         self.init_deter = self.rssm_gru(self.img_in(np.concatenate(zero[:2], -1)), zero[2])
-        self.begin_trial(1, 0)
 
     # -- Policy protocol
     def begin_trial(self, batch: int, seed: int) -> None:
