@@ -360,3 +360,35 @@ class _progress:
     def __exit__(self, *exc) -> None:
         if self.enabled:
             self.bar.stop()
+
+
+def bench_training(preset_name: str, seconds: float, seed: int = 0) -> dict:
+    """Environment steps/s while collecting (numpy actor + vector env) and gradient updates/s of a
+    preset, each measured for ``seconds`` in a scratch directory."""
+    import tempfile
+
+    preset = PRESETS[preset_name]
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = DreamerTrainer(preset, seed, Path(tmp))
+        cfg = trainer.cfg
+        start = time.perf_counter()
+        steps = 0
+        while time.perf_counter() - start < seconds or steps < cfg.seq_len * cfg.num_envs:
+            trainer.collect_step()
+            steps += cfg.num_envs
+        collect_rate = steps / (time.perf_counter() - start)
+        start, updates = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            trainer.agent.update(trainer.replay.sample(cfg.batch, cfg.seq_len))
+            updates += 1
+        update_rate = updates / (time.perf_counter() - start)
+    per_update = cfg.update_every / collect_rate + 1.0 / update_rate
+    return {
+        "preset": preset_name,
+        "torch_threads": cfg.threads,
+        "env_steps_per_s_collecting": collect_rate,
+        "updates_per_s": update_rate,
+        "env_steps_per_update": cfg.update_every,
+        "env_steps_per_s_training": cfg.update_every / per_update,
+        "updates_in_budget": int(cfg.wall_minutes * 60.0 / per_update),
+    }
