@@ -181,5 +181,77 @@ def _report(figures: dict, title: str, as_json: bool) -> None:
     Console().print(table)
 
 
+@main.group("experiment")
+def experiment() -> None:
+    """The adaptation-curve and forgetting experiments (table, JSON, PNG)."""
+
+
+@experiment.command("adaptation")
+@click.option("--policies", required=True, help="Comma-separated policy files/names (and heuristics for reference).")
+@click.option("--suite", default="shift", show_default=True, help="A suite whose workload changes within a trial.")
+@click.option("--trials", default=4, show_default=True, type=click.IntRange(1), help="Trials per scenario.")
+@click.option("--seed", default=700_000, show_default=True, type=int, help="Base seed (held out from training).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the curves as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), help="Write a PNG plot.")
+def experiment_adaptation(policies: str, suite: str, trials: int, seed: int, json_path: str | None,
+                          plot_path: str | None) -> None:
+    """Mean JCT per episode of a trial around a workload shift; RL² policies run with their memory
+    carried across episodes and reset at each episode.
+
+    \b
+    Example:
+      lbagent experiment adaptation --policies runs/host/policy.safetensors,sed --suite shift \\
+          --json docs/adaptation.json --plot docs/adaptation.png
+    """
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from lbagent import experiments
+
+    result = experiments.adaptation(_csv(policies), suite, trials, seed)
+    Console().print(experiments.adaptation_table(result))
+    if json_path:
+        experiments.write_json(result, Path(json_path))
+    if plot_path:
+        experiments.plot_adaptation(result, Path(plot_path))
+
+
+@experiment.command("forgetting")
+@click.option("--algos", default="dreamer,a2c", show_default=True, help="Comma-separated: dreamer, a2c.")
+@click.option("--preset", type=click.Choice(["smoke", "host", "park"]), default="host", show_default=True,
+              help="Model sizes and schedule to train with.")
+@click.option("--suite", default="heldout", show_default=True, help="Suite holding scenarios A and B.")
+@click.option("--a", "scenario_a", required=True, help="Scenario trained on first and evaluated on.")
+@click.option("--b", "scenario_b", required=True, help="Scenario trained on second.")
+@click.option("--env-steps", required=True, type=click.IntRange(1), help="Environment steps on each scenario.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", type=click.Path(file_okay=False), default="runs/forgetting", show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the results as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), help="Write a PNG plot.")
+def experiment_forgetting(algos: str, preset: str, suite: str, scenario_a: str, scenario_b: str, env_steps: int,
+                          seed: int, out: str, json_path: str | None, plot_path: str | None) -> None:
+    """Train on A, evaluate on A, continue on B, evaluate on A again; for each algorithm.
+
+    \b
+    Example:
+      lbagent experiment forgetting --preset host --suite heldout --a high-load --b wide-capacity \\
+          --env-steps 100000 --json docs/forgetting.json --plot docs/forgetting.png
+    """
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from lbagent import experiments
+
+    results = [experiments.forgetting(algo, preset, suite, scenario_a, scenario_b, env_steps, seed,
+                                      Path(out) / algo) for algo in _csv(algos)]
+    Console().print(experiments.forgetting_table(results))
+    if json_path:
+        experiments.write_json(results, Path(json_path))
+    if plot_path:
+        experiments.plot_forgetting(results, Path(plot_path))
+
+
 if __name__ == "__main__":
     main()

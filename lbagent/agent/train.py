@@ -90,9 +90,9 @@ def make_suite_env(suite_name: str, num_envs: int, seed: int):
     return make_vector_env(suite.scenarios[0], num_envs=num_envs, seed=seed)
 
 
-def evaluate_actor(policy, suite_name: str, episodes: int, seed: int = EVAL_SEED) -> dict:
-    """Mean job completion time of a policy on held-out seeds: every scenario of the suite, one trial
-    per row, the same episodes for every policy (the ``lbagent eval`` protocol)."""
+def evaluate_actor(policy, suite_name: str, episodes: int, seed: int = EVAL_SEED, scenarios=None) -> dict:
+    """Mean job completion time of a policy on held-out seeds: every scenario of the suite (or the
+    given ones), one trial per row, the same episodes for every policy (the ``lbagent eval`` protocol)."""
     from lbagent.evaluate import run_trials, summarize
     from lbagent.sim.scenarios import load_suite, make_vector_env
 
@@ -100,7 +100,7 @@ def evaluate_actor(policy, suite_name: str, episodes: int, seed: int = EVAL_SEED
     trials = math.ceil(episodes / suite.episodes_per_trial)
     per_env = min(episodes, suite.episodes_per_trial)
     per_scenario = {}
-    for j, scenario in enumerate(suite.scenarios):
+    for j, scenario in enumerate(scenarios or suite.scenarios):
         stats = run_trials(policy, lambda b, s, sc=scenario: make_vector_env(sc, num_envs=b, seed=s),
                            trials, per_env, seed + 1000 * j)
         per_scenario[scenario.name] = [ep for row in stats for ep in row][:episodes]
@@ -128,7 +128,7 @@ class Counters:
 class DreamerTrainer:
     """Everything a run needs, as one object that checkpoints and restores as a whole."""
 
-    def __init__(self, preset: Preset, seed: int, out: Path, config: DreamerConfig | None = None):
+    def __init__(self, preset: Preset, seed: int, out: Path, config: DreamerConfig | None = None, env=None):
         self.preset = preset
         self.cfg = config or preset.config
         self.seed = seed
@@ -139,12 +139,16 @@ class DreamerTrainer:
         self.agent = DreamerAgent(self.cfg)
         self.replay = SequenceReplay(self.cfg.replay_capacity, self.cfg.num_envs, self.cfg.actor_hidden, seed)
         self.actor = DreamerActor(self.agent.export_weights(), self.agent.arch(), name="dreamer", greedy=False)
-        self.env = make_suite_env(preset.train_suite, self.cfg.num_envs, seed)
+        self.switch_env(env or make_suite_env(preset.train_suite, self.cfg.num_envs, seed), seed)
+        self.counters = Counters(next_eval=self.cfg.eval_every, next_checkpoint=self.cfg.checkpoint_every)
+        self.torch_rng = torch.get_rng_state()
+
+    def switch_env(self, env, seed: int) -> None:
+        """Train on another env from now on (the forgetting protocol); replay keeps the old data."""
+        self.env = env
         obs, info = self.env.reset(seed=seed)
         self.actor.begin_trial(self.cfg.num_envs, seed)
         self._set_current(obs, info, np.ones(self.cfg.num_envs, bool))
-        self.counters = Counters(next_eval=self.cfg.eval_every, next_checkpoint=self.cfg.checkpoint_every)
-        self.torch_rng = torch.get_rng_state()
 
     def _set_current(self, obs: np.ndarray, info: dict, trial_first: np.ndarray) -> None:
         self.obs, self.raw, self.mask = obs, info["raw"], info["action_mask"]
