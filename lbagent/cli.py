@@ -128,7 +128,12 @@ def sim_train(algo: str, preset: str, seed: int, out: str | None, resume: bool, 
 
 @main.group("bench")
 def bench() -> None:
-    """Speed measurements (tables; --json for machines)."""
+    """Measure speed: simulator, training, policy latency, probe overhead, daemon latency.
+
+    \b
+    Example:
+      lbagent bench sim --repeats 5
+    """
 
 
 @bench.command("policy")
@@ -251,6 +256,36 @@ def experiment_forgetting(algos: str, preset: str, suite: str, scenario_a: str, 
         experiments.write_json(results, Path(json_path))
     if plot_path:
         experiments.plot_forgetting(results, Path(plot_path))
+
+
+@bench.command("sim")
+@click.option("--dynamics", default=None, help="Comma-separated dynamics to measure (default: all).")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1), help="Timed chunks per figure (the median is kept).")
+@click.option("--scale", default=1.0, show_default=True, type=click.FloatRange(0.001, 100.0), help="Chunk length (1.0: one 1000-step episode per vector chunk).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
+def bench_sim(dynamics: str | None, repeats: int, scale: float, as_json: bool) -> None:
+    """Steps per second of each simulator dynamics: the pure-Python single env (the reference)
+    and the numpy vector env at B = 1, 64 and 1024, with random actions.
+
+    \b
+    Example:
+      lbagent bench sim --dynamics park --repeats 5 --json
+    """
+    import json
+
+    from rich.console import Console
+
+    from lbagent.sim import bench as simbench
+
+    names = _csv(dynamics) if dynamics else list(simbench.ROW_MAKERS)
+    unknown = [n for n in names if n not in simbench.ROW_MAKERS]
+    if unknown:
+        raise UserError(f"--dynamics: unknown {', '.join(unknown)} (known: {', '.join(simbench.ROW_MAKERS)})")
+    rows = [row for name in names for row in simbench.ROW_MAKERS[name](repeats=repeats, scale=scale)]
+    if as_json:
+        click.echo(json.dumps({"rows": [r.to_json() for r in rows]}, indent=2))
+    else:
+        Console().print(simbench.render_table(rows))
 
 
 if __name__ == "__main__":
