@@ -164,6 +164,35 @@ def bench_train(preset: str, seconds: float, as_json: bool) -> None:
     _report(bench_training(preset, seconds), f"training speed: preset {preset}", as_json)
 
 
+@bench.command("sim")
+@click.option("--seconds", default=3.0, show_default=True, type=click.FloatRange(0.3), help="Time per row.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def bench_sim(seconds: float, as_json: bool) -> None:
+    """Simulator steps/s (one decision per env) with random valid actions, per dynamics and batch.
+
+    \b
+    Example:
+      lbagent bench sim --seconds 3
+    """
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from lbagent.sim.bench import host_rows
+
+    rows = host_rows(seconds)
+    if as_json:
+        click.echo(json.dumps({"rows": rows}, indent=2))
+        return
+    table = Table(title="simulator speed (random actions, median of 3)")
+    for column in ("dynamics", "env", "batch", "steps/s"):
+        table.add_column(column, justify="right" if column in ("batch", "steps/s") else "left")
+    for r in rows:
+        table.add_row(r["dynamics"], r["env"], str(r["batch"]), f"{r['steps_per_s']:,.0f}")
+    Console().print(table)
+
+
 def _report(figures: dict, title: str, as_json: bool) -> None:
     import json
 
