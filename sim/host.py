@@ -213,6 +213,8 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.k = np.zeros(B, dtype=np.int64)
         self.episode_index = np.zeros(B, dtype=np.int64)
         self.ep_return = np.zeros(B)
+        self.delivered = np.zeros(B)
+        """Capacity-seconds the CPUs delivered to managed tasks since reset (work conservation)."""
         self.V = np.zeros((B, C))
         self.n = np.zeros((B, C), dtype=np.int64)
         self.nu = np.zeros((B, C), dtype=np.int64)
@@ -470,6 +472,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
             done = live & busy_cpu & (ttf <= gap)
             dt = np.where(done, ttf, np.where(live & np.isfinite(gap), gap, 0.0))
             task_time[rows] += (n * dt).sum(axis=1)
+            self.delivered[rows] += (np.where(busy_cpu, capeff, 0.0) * dt).sum(axis=1)
             busy = np.where(busy_cpu, 1.0, self.bg[rows])
             window = (self.w.util_window * self.w.mean_work)[rows]
             self.util[rows] = busy + (self.util[rows] - busy) * np.exp(-dt / window[:, None])
