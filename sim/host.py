@@ -17,20 +17,23 @@ through ``util`` (an idle CPU with an active neighbour is partly busy), as on a 
 
 The kernel model (action ``KERNEL``). At wake-up the task goes to the CPU with the lowest load per
 capacity, load = runnable managed tasks + the neighbour's share (the kernel sees the neighbour as
-load), ties to the larger capacity then the lower index. Balancing moves one unpinned task (the
-most recently arrived, the most cache-cold) from the busiest CPU that has one to the least loaded
-CPU when the destination's load per capacity after the move stays below the source's before it:
-on every periodic tick (``balance_interval`` seconds of simulated time) while such a move exists,
-and when a completion leaves a CPU idle (new-idle balancing). Tasks placed on a slot are pinned
-and never move.
+load), ties to the larger capacity then the lower index. On every periodic tick
+(``balance_interval`` seconds of simulated time, 4 ms by default) the balancer moves one unpinned
+task (the most recently arrived, the most cache-cold) from the busiest CPU that has one to the
+least loaded CPU, if the destination's load per capacity after the move stays below the source's
+before it. Tasks placed on a slot are pinned and never move. A tick where no such move exists
+changes nothing, so only ticks that can matter are simulated: while no move exists, the first
+tick after the next completion (a completion is the only thing that can create one before the
+next arrival).
 
-Observation (see :mod:`lbagent.spaces`): one slot per CPU; ``util`` and ``placed`` are
+Observation (see :mod:`lbagent.spaces`): one slot per CPU, ``capacity`` the base capacity; ``util`` and ``placed`` are
 exponentially weighted over ``util_window`` time units (util: busy fraction counting the
 neighbour; placed: count of placements); ``work_left`` is the host predictor's estimate,
 sum over the CPU's tasks of max(predicted work - service received, 0); ``task_work`` is the
 predicted work of the arriving task (true work with log-normal error, or the mean work as a prior
 with ``task_unknown`` set). The env's ``time_unit`` is its workload's mean task work in seconds,
-so work and time features are O(1) whatever the scenario's scale.
+so work and time features are O(1) whatever the scenario's scale. ``info["raw"].extras`` carries
+the arriving task's true work and the env's clock (for tests and replay reports, never the policy).
 
 An episode is a fixed number of tasks (decisions); the last step's reward includes the drain of
 every remaining task, so an episode's rewards sum to minus the total sojourn time in time units.
@@ -62,6 +65,9 @@ INITIAL_TASK_TABLE = 32
 MAX_TASK_TABLE = 8192
 """Tasks in one environment at once; the table doubles on demand up to this, then refuses."""
 TICK_EPS = 1e-9
+"""Relative slack so a tick computed from a clock that sits on a tick boundary is not missed."""
+TIE_EPS = 1e-9
+"""Load-per-capacity ties go to the larger capacity (subtracted as TIE_EPS * capacity)."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,8 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         return self._observe(trial_start=ones, episode_start=ones)
 
     def step(self, actions):
+        if self._raw is None:
+            raise RuntimeError("host sim: call reset() before step()")
         a = spaces.validate_actions(actions, self._mask)
         B, C = self.num_envs, self.width
         draws = StepDraws.draw(self._rng, B, C)
@@ -313,15 +321,15 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
 
     def _draw_pending(self, d: StepDraws) -> None:
         """The task arriving now in each env: its true work and the host's prediction of it."""
-        work = task_work(self.w, d)
-        pred, unknown = predicted_work(self.w, work, d)
-        if self.trace is not None:
+        if self.trace is None:
+            work = task_work(self.w, d)
+            pred, unknown = predicted_work(self.w, work, d)
+        else:
             i = np.minimum(self.k, self.trace.work.size - 1)
             work = self.trace.work[i]
+            pred, unknown = predicted_work(self.w, work, d)
             if self.trace.predicted is not None:
-                pred, unknown = np.asarray(self.trace.predicted)[i], np.zeros_like(unknown)
-            else:
-                pred, unknown = predicted_work(self.w, work, d)
+                pred, unknown = np.asarray(self.trace.predicted, float)[i], np.zeros_like(unknown)
         self.pend_work, self.pend_pred, self.pend_unknown = work, pred, unknown
 
     def _redraw_background(self, d: StepDraws) -> None:
@@ -346,7 +354,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         rows = np.arange(B)
         kernel = a == spaces.KERNEL
         load, cap = self._kernel_load(rows)
-        kernel_cpu = np.argmin(load - TICK_EPS * cap, axis=1)
+        kernel_cpu = np.argmin(load - TIE_EPS * cap, axis=1)
         cpu = np.where(kernel, kernel_cpu, a)
         free = np.argmin(self.t_active, axis=1)
         if self.t_active[rows, free].any():
@@ -378,11 +386,11 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         r = np.arange(rows.size)
         src_key = np.where(self.nu[rows] > 0, load, -np.inf)
         src = np.argmax(src_key, axis=1)
-        dst = np.argmin(load - TICK_EPS * cap, axis=1)
+        dst = np.argmin(load - TIE_EPS * cap, axis=1)
         dst_cap = np.maximum(cap[r, dst], 1e-12)
         after = (self.n[rows, dst] + 1 + self.bg[rows, dst]) / dst_cap
         src_load = src_key[r, src]
-        self.bal_ok[rows] = np.isfinite(src_load) & (src != dst) & (after < src_load * (1 - TICK_EPS))
+        self.bal_ok[rows] = np.isfinite(src_load) & (src != dst) & (after < src_load * (1 - TIE_EPS))
         self.bal_src[rows] = src
         self.bal_dst[rows] = dst
 
