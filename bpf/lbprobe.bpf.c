@@ -1,0 +1,295 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/* lbprobe: the scheduler as lbagent sees it.
+ *
+ * Per CPU, exact at every change we can see (switch, wakeup, new task, queued migration): the
+ * number of runnable tasks, integrated over time so user space gets a true mean over any window
+ * (an idle CPU gets no samples on a tickless kernel, so sampling would lie); busy time; new tasks.
+ * Per task of the agent's scope (cgroup ids, command names, uids: maps filled by the loader),
+ * arrivals and exits go through a ring buffer; an exit carries the process's final CPU time, read
+ * at its last context switch, when the scheduler has accounted every nanosecond.
+ *
+ * CO-RE only: struct differences between kernels are resolved by field-existence checks, never by
+ * version numbers. tp_btf everywhere: fentry and kprobes are refused on locked-down kernels. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "lbprobe.bpf.h"
+
+#define TASK_DEAD 0x80
+#define TASK_ON_RQ_MIGRATING 2
+#define PF_KTHREAD 0x00200000
+
+const volatile struct lb_config cfg = {};
+
+struct lb_shared shared = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+/* Processes we reported arriving, so that exactly those get an exit. Value: the pid of the thread
+ * that ended the group (0 while alive). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+} tracked SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u8);
+} scope_cgroups SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, char[LB_COMM_LEN]);
+	__type(value, __u8);
+} scope_comms SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u8);
+} scope_uids SEC(".maps");
+
+/* Older layouts, matched by CO-RE flavour names (the ___suffix is ignored when relocating). */
+struct task_struct___pre514 {
+	long state;
+} __attribute__((preserve_access_index));
+
+struct task_struct___pre55 {
+	u64 real_start_time;
+} __attribute__((preserve_access_index));
+
+struct cfs_rq___v613 {
+	unsigned int h_nr_delayed;
+} __attribute__((preserve_access_index));
+
+static __always_inline struct lb_cpu *cpu_slot(u32 cpu)
+{
+	if (cpu >= LB_MAX_CPUS)
+		return NULL;
+	return &shared.cpus[cpu];
+}
+
+static __always_inline struct rq *task_rq(struct task_struct *t)
+{
+	return BPF_CORE_READ(t, se.cfs_rq, rq);
+}
+
+/* Tasks the scheduler still holds only to burn off negative lag (EEVDF delayed dequeue) are
+ * asleep, yet counted in rq->nr_running: subtract them. 6.14 renamed nr_running to nr_queued in
+ * struct cfs_rq and added h_nr_runnable; 6.13 counted them in h_nr_delayed; before, none existed. */
+static __always_inline u32 delayed_dequeues(struct rq *rq)
+{
+	struct cfs_rq *cfs = __builtin_preserve_access_index(&rq->cfs);
+
+	if (bpf_core_field_exists(cfs->h_nr_runnable) && bpf_core_field_exists(cfs->h_nr_queued))
+		return BPF_CORE_READ(cfs, h_nr_queued) - BPF_CORE_READ(cfs, h_nr_runnable);
+	if (bpf_core_field_exists(struct cfs_rq___v613, h_nr_delayed))
+		return BPF_CORE_READ((struct cfs_rq___v613 *)cfs, h_nr_delayed);
+	return 0;
+}
+
+static __always_inline u32 runnable(struct rq *rq)
+{
+	u32 nr = BPF_CORE_READ(rq, nr_running);
+	u32 delayed = delayed_dequeues(rq);
+
+	return nr > delayed ? nr - delayed : 0;
+}
+
+static __always_inline long task_state(struct task_struct *t)
+{
+	if (bpf_core_field_exists(t->__state))
+		return BPF_CORE_READ(t, __state);
+	return BPF_CORE_READ((struct task_struct___pre514 *)t, state);
+}
+
+static __always_inline u64 task_start_boottime(struct task_struct *t)
+{
+	if (bpf_core_field_exists(t->start_boottime))
+		return BPF_CORE_READ(t, start_boottime);
+	return BPF_CORE_READ((struct task_struct___pre55 *)t, real_start_time);
+}
+
+/* Close the integral up to now, then hold the new reading. Caller holds the CPU's rq lock. */
+static __always_inline void sample_runq(struct lb_cpu *c, struct rq *rq, u64 now)
+{
+	if (c->last_ns && now > c->last_ns)
+		c->runq_ns += (u64)c->nr * (now - c->last_ns);
+	c->last_ns = now;
+	c->nr = runnable(rq);
+}
+
+static __always_inline bool in_scope(struct task_struct *t)
+{
+	if (BPF_CORE_READ(t, flags) & PF_KTHREAD)
+		return false;
+	if (BPF_CORE_READ(t, tgid) == cfg.self_tgid)
+		return false;
+	if (cfg.filter_cgroup) {
+		u64 id = BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
+
+		if (!bpf_map_lookup_elem(&scope_cgroups, &id))
+			return false;
+	}
+	if (cfg.filter_uid) {
+		u32 uid = BPF_CORE_READ(t, real_cred, uid.val);
+
+		if (!bpf_map_lookup_elem(&scope_uids, &uid))
+			return false;
+	}
+	if (cfg.filter_comm) {
+		char comm[LB_COMM_LEN] = {};
+
+		BPF_CORE_READ_STR_INTO(&comm, t, comm);
+		if (!bpf_map_lookup_elem(&scope_comms, comm))
+			return false;
+	}
+	return true;
+}
+
+static __always_inline void emit(struct task_struct *t, u32 kind, u32 cpu, u64 now, u64 runtime)
+{
+	struct lb_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		__sync_fetch_and_add(&shared.lost, 1);
+		return;
+	}
+	e->ts_ns = now;
+	e->start_ns = task_start_boottime(t);
+	e->runtime_ns = runtime;
+	e->cgroup = BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
+	e->pid = BPF_CORE_READ(t, pid);
+	e->tgid = BPF_CORE_READ(t, tgid);
+	e->uid = BPF_CORE_READ(t, real_cred, uid.val);
+	e->cpu = cpu;
+	e->kind = kind;
+	e->pad = 0;
+	BPF_CORE_READ_STR_INTO(&e->comm, t, comm);
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* A process enters the scope once: at its fork when it already matches, else at the first exec
+ * that makes it match (a shell forks "bash" that becomes "make"). */
+static __always_inline void maybe_arrive(struct task_struct *p, u32 cpu, u64 now)
+{
+	u32 tgid = BPF_CORE_READ(p, tgid);
+	u32 alive = 0;
+
+	if (BPF_CORE_READ(p, pid) != tgid || bpf_map_lookup_elem(&tracked, &tgid) || !in_scope(p))
+		return;
+	if (bpf_map_update_elem(&tracked, &tgid, &alive, BPF_NOEXIST)) {
+		__sync_fetch_and_add(&shared.lost, 1);
+		return;
+	}
+	emit(p, LB_ARRIVAL, cpu, now, 0);
+}
+
+static __always_inline void on_wakeup(struct task_struct *p, bool is_new)
+{
+	u64 now = bpf_ktime_get_ns();
+	struct rq *rq = task_rq(p);
+	u32 cpu = BPF_CORE_READ(rq, cpu);
+	struct lb_cpu *c = cpu_slot(cpu);
+
+	if (!c)
+		return;
+	sample_runq(c, rq, now);
+	if (is_new) {
+		c->arrivals++;
+		maybe_arrive(p, cpu, now);
+	}
+}
+
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(lb_wakeup, struct task_struct *p)
+{
+	on_wakeup(p, false);
+	return 0;
+}
+
+SEC("tp_btf/sched_wakeup_new")
+int BPF_PROG(lb_wakeup_new, struct task_struct *p)
+{
+	on_wakeup(p, true);
+	return 0;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(lb_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	u64 now = bpf_ktime_get_ns();
+	u32 cpu = bpf_get_smp_processor_id();
+	struct lb_cpu *c = cpu_slot(cpu);
+	u32 tgid, *exit_pid;
+
+	if (!c)
+		return 0;
+	if (c->busy && now > c->switch_ns)
+		c->busy_ns += now - c->switch_ns;
+	c->switch_ns = now;
+	c->busy = BPF_CORE_READ(next, pid) != 0;
+	sample_runq(c, task_rq(next), now);
+
+	if (!(task_state(prev) & TASK_DEAD))
+		return 0;
+	/* prev's last switch: its runtime is final. Report the group once, from its last thread. */
+	tgid = BPF_CORE_READ(prev, tgid);
+	exit_pid = bpf_map_lookup_elem(&tracked, &tgid);
+	if (!exit_pid || *exit_pid != BPF_CORE_READ(prev, pid))
+		return 0;
+	emit(prev, LB_EXIT, cpu, now,
+	     BPF_CORE_READ(prev, se.sum_exec_runtime) + BPF_CORE_READ(prev, signal, sum_sched_runtime));
+	bpf_map_delete_elem(&tracked, &tgid);
+	return 0;
+}
+
+/* A queued task leaving its CPU (load balancing, affinity change): the source run queue has
+ * already lost it and no switch may follow there for a long time, so read it now. The
+ * destination catches up at its next switch or wakeup (we do not hold its lock here). */
+SEC("tp_btf/sched_migrate_task")
+int BPF_PROG(lb_migrate, struct task_struct *p, int dest_cpu)
+{
+	struct rq *rq;
+	struct lb_cpu *c;
+
+	if (BPF_CORE_READ(p, on_rq) != TASK_ON_RQ_MIGRATING)
+		return 0;
+	rq = task_rq(p);
+	c = cpu_slot(BPF_CORE_READ(rq, cpu));
+	if (c)
+		sample_runq(c, rq, bpf_ktime_get_ns());
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(lb_exec, struct task_struct *p)
+{
+	maybe_arrive(p, bpf_get_smp_processor_id(), bpf_ktime_get_ns());
+	return 0;
+}
+
+/* Remember which thread ends a tracked group (the one that brought signal->live to zero); its
+ * last context switch reports the exit with the final CPU time. */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(lb_exit, struct task_struct *p)
+{
+	u32 tgid = BPF_CORE_READ(p, tgid);
+	u32 *exit_pid = bpf_map_lookup_elem(&tracked, &tgid);
+
+	if (exit_pid && BPF_CORE_READ(p, signal, live.counter) == 0)
+		*exit_pid = BPF_CORE_READ(p, pid);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
