@@ -3,9 +3,15 @@ so the daemon and the recorder never know which one runs."""
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
 from typing import Protocol
 
-from lbagent.probe.types import Snapshot, TaskEvent
+from lbagent.probe.types import Scope, Snapshot, TaskEvent
+
+BTF_VMLINUX = Path("/sys/kernel/btf/vmlinux")
+PROBE_KINDS = ("auto", "bpf", "procfs")
 
 
 class Probe(Protocol):
@@ -23,3 +29,66 @@ class Probe(Protocol):
 
     def close(self) -> None:
         """Detach everything the probe attached; safe to call twice."""
+
+
+class ProbeUnavailable(RuntimeError):
+    """The requested probe cannot run here; ``str()`` is a one-line reason for the user."""
+
+
+log = logging.getLogger("lbagent.probe")
+
+
+def bpf_unavailable_reason(obj_path: Path | None = None) -> str | None:
+    """Why the BPF probe cannot even be tried here, or None when it can."""
+    from lbagent.probe.bpf import DEFAULT_OBJECT
+
+    obj_path = obj_path or DEFAULT_OBJECT
+    if os.geteuid() != 0:
+        return "not root (loading BPF needs CAP_BPF and CAP_PERFMON; run as root)"
+    if not BTF_VMLINUX.exists():
+        return f"no kernel BTF at {BTF_VMLINUX} (CO-RE needs CONFIG_DEBUG_INFO_BTF=y)"
+    if not obj_path.exists():
+        return f"BPF object missing: {obj_path} (build it with `make bpf`)"
+    return None
+
+
+def _open_bpf(scope: Scope, obj_path: Path | None) -> Probe:
+    from lbagent.probe.bpf import BpfProbe
+    from lbagent.probe.libbpf import LibbpfError
+
+    reason = bpf_unavailable_reason(obj_path)
+    if reason:
+        raise ProbeUnavailable(f"bpf probe unavailable: {reason}")
+    try:
+        return BpfProbe(scope, obj_path)
+    except LibbpfError as exc:
+        raise ProbeUnavailable(f"bpf probe unavailable: load failed: {exc}") from None
+
+
+def _open_procfs(scope: Scope) -> Probe:
+    from lbagent.probe.procfs import ProcfsProbe
+
+    try:
+        return ProcfsProbe(scope)
+    except PermissionError:
+        raise ProbeUnavailable("procfs probe unavailable: the proc connector needs root") from None
+    except OSError as exc:
+        raise ProbeUnavailable(f"procfs probe unavailable: proc connector: {exc.strerror or exc}") from None
+
+
+def open_probe(kind: str = "auto", scope: Scope | None = None, obj_path: Path | None = None) -> Probe:
+    """Open a probe. ``auto`` tries CO-RE first and falls back to procfs, logging which and why."""
+    scope = scope or Scope()
+    if kind == "bpf":
+        return _open_bpf(scope, obj_path)
+    if kind == "procfs":
+        return _open_procfs(scope)
+    if kind != "auto":
+        raise ValueError(f"unknown probe kind {kind!r} (auto, bpf or procfs)")
+    try:
+        probe = _open_bpf(scope, obj_path)
+    except ProbeUnavailable as exc:
+        log.warning("%s; falling back to the procfs probe", exc)
+        return _open_procfs(scope)
+    log.info("using the bpf probe (CO-RE, kernel BTF present)")
+    return probe
