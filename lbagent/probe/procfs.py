@@ -16,7 +16,7 @@ import select
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -104,11 +104,11 @@ def real_uid(pid: int) -> int:
     return -1
 
 
-def runnable_per_cpu(exclude_tgid: int) -> Counter[int]:
-    """One scan: tasks in state R by the CPU they last ran on."""
+def runnable_per_cpu(exclude: Collection[int] = ()) -> Counter[int]:
+    """One scan: tasks in state R by the CPU they last ran on, skipping the processes ``exclude``."""
     counts: Counter[int] = Counter()
     for proc in os.scandir(PROC):
-        if not proc.name.isdigit() or int(proc.name) == exclude_tgid:
+        if not proc.name.isdigit() or int(proc.name) in exclude:
             continue
         try:
             tids = os.listdir(f"/proc/{proc.name}/task")
@@ -202,7 +202,7 @@ class ProcfsProbe:
         self._prev_t, self._prev_times = time.monotonic_ns(), cpu_times()
 
     def _sample(self) -> None:
-        self._samples.append(runnable_per_cpu(self._self))
+        self._samples.append(runnable_per_cpu({self._self}))
         self._next_sample = time.monotonic() + self.sample_interval
 
     def _info_in_scope(self, pid: int) -> TaskInfo | None:
