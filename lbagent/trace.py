@@ -34,12 +34,14 @@ from typing import IO
 
 import numpy as np
 
+from lbagent.errors import UserError
+
 SCHEMA = 1
 MAX_TRACE_BYTES = 1 << 30
 """Refuse traces whose (decompressed) text exceeds this: a typo'd path must not eat the memory."""
 
 
-class TraceError(ValueError):
+class TraceError(UserError, ValueError):
     """A trace that cannot be used; ``str()`` names the file, the line and the field at fault."""
 
 

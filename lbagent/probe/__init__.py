@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
+from lbagent.errors import UserError
 from lbagent.probe.types import Scope, Snapshot, TaskEvent
 
 BTF_VMLINUX = Path("/sys/kernel/btf/vmlinux")
@@ -31,7 +32,7 @@ class Probe(Protocol):
         """Detach everything the probe attached; safe to call twice."""
 
 
-class ProbeUnavailable(RuntimeError):
+class ProbeUnavailable(UserError):
     """The requested probe cannot run here; ``str()`` is a one-line reason for the user."""
 
 
