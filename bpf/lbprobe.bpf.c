@@ -9,7 +9,10 @@
  * at its last context switch, when the scheduler has accounted every nanosecond.
  *
  * CO-RE only: struct differences between kernels are resolved by field-existence checks, never by
- * version numbers. tp_btf everywhere: fentry and kprobes are refused on locked-down kernels. */
+ * version numbers. tp_btf everywhere: fentry and kprobes are refused on locked-down kernels. The
+ * hot paths (switch, wakeup) dereference BTF pointers directly, which the verifier turns into plain
+ * guarded loads, instead of BPF_CORE_READ's helper call per field: that is most of the probe's cost
+ * on a context-switch-heavy workload. BPF_CORE_READ remains for the older-kernel flavours. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
@@ -22,7 +25,7 @@
 
 const volatile struct lb_config cfg = {};
 
-struct lb_shared shared = {};
+struct lb_shared shared __attribute__((aligned(64))) = {};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -81,7 +84,7 @@ static __always_inline struct lb_cpu *cpu_slot(u32 cpu)
 
 static __always_inline struct rq *task_rq(struct task_struct *t)
 {
-	return BPF_CORE_READ(t, se.cfs_rq, rq);
+	return t->se.cfs_rq->rq;
 }
 
 /* Tasks the scheduler still holds only to burn off negative lag (EEVDF delayed dequeue) are
@@ -89,10 +92,10 @@ static __always_inline struct rq *task_rq(struct task_struct *t)
  * struct cfs_rq and added h_nr_runnable; 6.13 counted them in h_nr_delayed; before, none existed. */
 static __always_inline u32 delayed_dequeues(struct rq *rq)
 {
-	struct cfs_rq *cfs = __builtin_preserve_access_index(&rq->cfs);
+	struct cfs_rq *cfs = &rq->cfs;
 
 	if (bpf_core_field_exists(cfs->h_nr_runnable) && bpf_core_field_exists(cfs->h_nr_queued))
-		return BPF_CORE_READ(cfs, h_nr_queued) - BPF_CORE_READ(cfs, h_nr_runnable);
+		return cfs->h_nr_queued - cfs->h_nr_runnable;
 	if (bpf_core_field_exists(struct cfs_rq___v613, h_nr_delayed))
 		return BPF_CORE_READ((struct cfs_rq___v613 *)cfs, h_nr_delayed);
 	return 0;
@@ -100,7 +103,7 @@ static __always_inline u32 delayed_dequeues(struct rq *rq)
 
 static __always_inline u32 runnable(struct rq *rq)
 {
-	u32 nr = BPF_CORE_READ(rq, nr_running);
+	u32 nr = rq->nr_running;
 	u32 delayed = delayed_dequeues(rq);
 
 	return nr > delayed ? nr - delayed : 0;
@@ -109,7 +112,7 @@ static __always_inline u32 runnable(struct rq *rq)
 static __always_inline long task_state(struct task_struct *t)
 {
 	if (bpf_core_field_exists(t->__state))
-		return BPF_CORE_READ(t, __state);
+		return t->__state;
 	return BPF_CORE_READ((struct task_struct___pre514 *)t, state);
 }
 
@@ -120,29 +123,36 @@ static __always_inline u64 task_start_boottime(struct task_struct *t)
 	return BPF_CORE_READ((struct task_struct___pre55 *)t, real_start_time);
 }
 
-/* Close the integral up to now, then hold the new reading. Caller holds the CPU's rq lock. */
-static __always_inline void sample_runq(struct lb_cpu *c, struct rq *rq, u64 now)
+/* Close the integral up to the rq clock's now, then hold the new reading. Caller holds the CPU's
+ * rq lock, and the scheduler has just updated rq->clock. */
+static __always_inline void sample_runq(struct lb_cpu *c, struct rq *rq)
 {
+	u64 now = rq->clock;
+
 	if (c->last_ns && now > c->last_ns)
 		c->runq_ns += (u64)c->nr * (now - c->last_ns);
 	c->last_ns = now;
 	c->nr = runnable(rq);
+	if (now - c->calibrated > LB_CALIBRATE_NS) {
+		c->clock_offset = (s64)(bpf_ktime_get_ns() - now);
+		c->calibrated = now;
+	}
 }
 
 static __always_inline bool in_scope(struct task_struct *t)
 {
-	if (BPF_CORE_READ(t, flags) & PF_KTHREAD)
+	if (t->flags & PF_KTHREAD)
 		return false;
-	if (BPF_CORE_READ(t, tgid) == cfg.self_tgid)
+	if (t->tgid == cfg.self_tgid)
 		return false;
 	if (cfg.filter_cgroup) {
-		u64 id = BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
+		u64 id = t->cgroups->dfl_cgrp->kn->id;
 
 		if (!bpf_map_lookup_elem(&scope_cgroups, &id))
 			return false;
 	}
 	if (cfg.filter_uid) {
-		u32 uid = BPF_CORE_READ(t, real_cred, uid.val);
+		u32 uid = t->real_cred->uid.val;
 
 		if (!bpf_map_lookup_elem(&scope_uids, &uid))
 			return false;
@@ -168,10 +178,10 @@ static __always_inline void emit(struct task_struct *t, u32 kind, u32 cpu, u64 n
 	e->ts_ns = now;
 	e->start_ns = task_start_boottime(t);
 	e->runtime_ns = runtime;
-	e->cgroup = BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
-	e->pid = BPF_CORE_READ(t, pid);
-	e->tgid = BPF_CORE_READ(t, tgid);
-	e->uid = BPF_CORE_READ(t, real_cred, uid.val);
+	e->cgroup = t->cgroups->dfl_cgrp->kn->id;
+	e->pid = t->pid;
+	e->tgid = t->tgid;
+	e->uid = t->real_cred->uid.val;
 	e->cpu = cpu;
 	e->kind = kind;
 	e->pad = 0;
@@ -183,10 +193,10 @@ static __always_inline void emit(struct task_struct *t, u32 kind, u32 cpu, u64 n
  * that makes it match (a shell forks "bash" that becomes "make"). */
 static __always_inline void maybe_arrive(struct task_struct *p, u32 cpu, u64 now)
 {
-	u32 tgid = BPF_CORE_READ(p, tgid);
+	u32 tgid = p->tgid;
 	u32 alive = 0;
 
-	if (BPF_CORE_READ(p, pid) != tgid || bpf_map_lookup_elem(&tracked, &tgid) || !in_scope(p))
+	if (p->pid != tgid || bpf_map_lookup_elem(&tracked, &tgid) || !in_scope(p))
 		return;
 	if (bpf_map_update_elem(&tracked, &tgid, &alive, BPF_NOEXIST)) {
 		__sync_fetch_and_add(&shared.lost, 1);
@@ -197,17 +207,16 @@ static __always_inline void maybe_arrive(struct task_struct *p, u32 cpu, u64 now
 
 static __always_inline void on_wakeup(struct task_struct *p, bool is_new)
 {
-	u64 now = bpf_ktime_get_ns();
 	struct rq *rq = task_rq(p);
-	u32 cpu = BPF_CORE_READ(rq, cpu);
+	u32 cpu = rq->cpu;
 	struct lb_cpu *c = cpu_slot(cpu);
 
 	if (!c)
 		return;
-	sample_runq(c, rq, now);
+	sample_runq(c, rq);
 	if (is_new) {
 		c->arrivals++;
-		maybe_arrive(p, cpu, now);
+		maybe_arrive(p, cpu, bpf_ktime_get_ns());
 	}
 }
 
@@ -228,9 +237,10 @@ int BPF_PROG(lb_wakeup_new, struct task_struct *p)
 SEC("tp_btf/sched_switch")
 int BPF_PROG(lb_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
-	u64 now = bpf_ktime_get_ns();
 	u32 cpu = bpf_get_smp_processor_id();
 	struct lb_cpu *c = cpu_slot(cpu);
+	struct rq *rq = task_rq(next);
+	u64 now = rq->clock;
 	u32 tgid, *exit_pid;
 
 	if (!c)
@@ -238,18 +248,17 @@ int BPF_PROG(lb_switch, bool preempt, struct task_struct *prev, struct task_stru
 	if (c->busy && now > c->switch_ns)
 		c->busy_ns += now - c->switch_ns;
 	c->switch_ns = now;
-	c->busy = BPF_CORE_READ(next, pid) != 0;
-	sample_runq(c, task_rq(next), now);
+	c->busy = next->pid != 0;
+	sample_runq(c, rq);
 
 	if (!(task_state(prev) & TASK_DEAD))
 		return 0;
 	/* prev's last switch: its runtime is final. Report the group once, from its last thread. */
-	tgid = BPF_CORE_READ(prev, tgid);
+	tgid = prev->tgid;
 	exit_pid = bpf_map_lookup_elem(&tracked, &tgid);
-	if (!exit_pid || *exit_pid != BPF_CORE_READ(prev, pid))
+	if (!exit_pid || *exit_pid != prev->pid)
 		return 0;
-	emit(prev, LB_EXIT, cpu, now,
-	     BPF_CORE_READ(prev, se.sum_exec_runtime) + BPF_CORE_READ(prev, signal, sum_sched_runtime));
+	emit(prev, LB_EXIT, cpu, bpf_ktime_get_ns(), prev->se.sum_exec_runtime + prev->signal->sum_sched_runtime);
 	bpf_map_delete_elem(&tracked, &tgid);
 	return 0;
 }
@@ -263,12 +272,12 @@ int BPF_PROG(lb_migrate, struct task_struct *p, int dest_cpu)
 	struct rq *rq;
 	struct lb_cpu *c;
 
-	if (BPF_CORE_READ(p, on_rq) != TASK_ON_RQ_MIGRATING)
+	if (p->on_rq != TASK_ON_RQ_MIGRATING)
 		return 0;
 	rq = task_rq(p);
-	c = cpu_slot(BPF_CORE_READ(rq, cpu));
+	c = cpu_slot(rq->cpu);
 	if (c)
-		sample_runq(c, rq, bpf_ktime_get_ns());
+		sample_runq(c, rq);
 	return 0;
 }
 
@@ -284,11 +293,11 @@ int BPF_PROG(lb_exec, struct task_struct *p)
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(lb_exit, struct task_struct *p)
 {
-	u32 tgid = BPF_CORE_READ(p, tgid);
+	u32 tgid = p->tgid;
 	u32 *exit_pid = bpf_map_lookup_elem(&tracked, &tgid);
 
-	if (exit_pid && BPF_CORE_READ(p, signal, live.counter) == 0)
-		*exit_pid = BPF_CORE_READ(p, pid);
+	if (exit_pid && p->signal->live.counter == 0)
+		*exit_pid = p->pid;
 	return 0;
 }
 

@@ -27,16 +27,24 @@ struct lb_event {
 };
 
 /* Per-CPU scheduler state. Every writer runs under that CPU's run-queue lock (switch, wakeup,
- * wakeup_new, queued migration), so plain stores are race-free; user space reads it through the
- * mmapped .bss and closes the open intervals at its own "now". */
+ * wakeup_new, queued migration), so plain stores are race-free; user space reads it and closes the
+ * open intervals at its own "now". Times are the run queue's own clock (rq->clock, sched_clock
+ * based, already updated by the scheduler at each of these events): reading it is a load, while
+ * bpf_ktime_get_ns() costs more than the rest of a handler on a virtual machine. clock_offset maps
+ * it to CLOCK_MONOTONIC for user space, refreshed every LB_CALIBRATE_NS. One cache line per CPU:
+ * wakeups write remote CPUs' entries, and sharing a line would bounce it on every switch. */
+#define LB_CALIBRATE_NS 10000000ULL
+
 struct lb_cpu {
-	__u64 last_ns;     /* time of the last run-queue reading */
-	__u64 runq_ns;     /* integral of runnable tasks over time, task*ns, up to last_ns */
-	__u64 switch_ns;   /* time of the last context switch */
-	__u64 busy_ns;     /* non-idle time up to switch_ns */
-	__u64 arrivals;    /* new tasks woken on this CPU */
-	__u32 nr;          /* runnable tasks at last_ns */
-	__u32 busy;        /* 1 when a non-idle task runs since switch_ns */
+	__u64 last_ns;      /* rq clock at the last run-queue reading */
+	__u64 runq_ns;      /* integral of runnable tasks over time, task*ns, up to last_ns */
+	__u64 switch_ns;    /* rq clock at the last context switch */
+	__u64 busy_ns;      /* non-idle time up to switch_ns */
+	__u64 arrivals;     /* new tasks woken on this CPU */
+	__u32 nr;           /* runnable tasks at last_ns */
+	__u32 busy;         /* 1 when a non-idle task runs since switch_ns */
+	__s64 clock_offset; /* CLOCK_MONOTONIC minus rq clock, ns */
+	__u64 calibrated;   /* rq clock when clock_offset was measured */
 };
 
 /* Read-only configuration, set by the loader before load. An empty filter means "any". */
@@ -50,6 +58,7 @@ struct lb_config {
 
 struct lb_shared {
 	__u64 lost; /* events dropped: ring buffer full, or tracking map full at an arrival */
+	__u64 pad[7];
 	struct lb_cpu cpus[LB_MAX_CPUS];
 };
 

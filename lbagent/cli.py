@@ -150,5 +150,103 @@ def eval_cmd(suite: str, policies: str, episodes: int, seed: int, json_path: str
         evaluate.plot(report, Path(plot_path))
 
 
+
+def _scope(cgroups: tuple[str, ...], comms: tuple[str, ...], uids: tuple[int, ...]):
+    """A Scope from command-line names: cgroup directories become their v2 ids (inode numbers)."""
+    import os
+
+    from lbagent.probe.types import Scope
+
+    ids = set()
+    for path in cgroups:
+        try:
+            ids.add(os.stat(path).st_ino)
+        except OSError as exc:
+            raise UserError(f"--scope-cgroup {path}: {exc.strerror}") from None
+    return Scope(cgroup_ids=frozenset(ids), comms=frozenset(comms), uids=frozenset(uids))
+
+
+@main.command()
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Trace file (.jsonl or .jsonl.gz).")
+@click.option("--duration", type=click.FloatRange(min=0.01), help="Seconds to record from the live probe.")
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(min=0.01), help="Sample window, s.")
+@click.option("--probe", "kind", default="auto", show_default=True, type=PROBE_CHOICE)
+@click.option("--scope-cgroup", multiple=True, type=click.Path(exists=True, file_okay=False), help="cgroup v2 directory in scope (repeatable).")
+@click.option("--scope-comm", multiple=True, help="Command name in scope (repeatable).")
+@click.option("--scope-uid", multiple=True, type=click.IntRange(min=0), help="User id in scope (repeatable).")
+@click.option("--from-perf", type=click.Path(exists=True, dir_okay=False), help="Import `perf script` output (or a perf.data) instead.")
+def record(output, duration, interval, kind, scope_cgroup, scope_comm, scope_uid, from_perf) -> None:
+    """Record a host trace (arrivals, exits with CPU time, per-CPU samples) for `lbagent replay`.
+
+    \b
+    Examples:
+      lbagent record -o host.jsonl.gz --duration 60 --scope-cgroup /sys/fs/cgroup/unified/build
+      perf sched record -- make -j8 && lbagent record --from-perf perf.data -o make.jsonl.gz
+    """
+    from lbagent import trace
+
+    if from_perf:
+        imported = trace.import_perf_script(from_perf)
+        trace.write_trace(output, imported)
+        times, _, unfinished = imported.jobs()
+        click.echo(f"imported {len(times)} finished tasks ({unfinished} unfinished) on "
+                   f"{len(imported.header.cpus)} CPUs from {from_perf} to {output}")
+        return
+    if duration is None:
+        raise UserError("record needs --duration S (or --from-perf FILE)")
+    p = _open_probe(kind, _scope(scope_cgroup, scope_comm, scope_uid))
+    try:
+        events, samples = trace.record(p, output, duration, interval)
+        lost = p.lost()
+    finally:
+        p.close()
+    click.echo(f"recorded {events} task events and {samples} samples with the {p.kind} probe to {output} (lost {lost})")
+
+
+@main.group()
+def bench() -> None:
+    """Measure speed and overhead; each prints a table (or --json)."""
+
+
+@bench.command("probe")
+@click.option("--probe", "kind", default="bpf", show_default=True, type=PROBE_CHOICE)
+@click.option("--rounds", default=7, show_default=True, type=click.IntRange(1), help="Alternating pipe runs per side.")
+@click.option("--loops", default=50_000, show_default=True, type=click.IntRange(1000), help="Messages per pipe run.")
+@click.option("--storm-tasks", default=10_000, show_default=True, type=click.IntRange(0), help="Fork storm size (0: skip).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def bench_probe(kind: str, rounds: int, loops: int, storm_tasks: int, as_json: bool) -> None:
+    """Probe overhead on a context-switch-heavy workload, and event loss in a fork storm.
+
+    \b
+    Example:
+      lbagent bench probe --rounds 7 --loops 50000 --storm-tasks 10000
+    """
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from lbagent.probe.bench import fork_storm, pipe_overhead
+
+    _setup_logging()
+    pipe = pipe_overhead(kind, rounds, loops)
+    storm = fork_storm(kind, storm_tasks) if storm_tasks else None
+    if as_json:
+        click.echo(json.dumps({"pipe": pipe.to_json(), "storm": storm.to_json() if storm else None}))
+        return
+    table = Table(title=f"perf bench sched pipe on one CPU, {rounds} alternating pairs of {loops} messages")
+    for column in ("probe", "median usecs/op without", "median usecs/op with", "slowdown (median pair ratio)"):
+        table.add_column(column, justify="right")
+    table.add_row(pipe.probe, f"{pipe.median_without:.3f}", f"{pipe.median_with:.3f}", f"{pipe.slowdown_pct:+.2f}%")
+    Console().print(table)
+    if storm:
+        table = Table(title="fork storm (tasks in scope by command name)")
+        for column in ("probe", "tasks", "tasks/s", "arrivals seen", "exits seen", "lost"):
+            table.add_column(column, justify="right")
+        table.add_row(storm.probe, str(storm.expected), f"{storm.rate:.0f}", str(storm.arrivals), str(storm.exits),
+                      str(storm.lost))
+        Console().print(table)
+
+
 if __name__ == "__main__":
     main()

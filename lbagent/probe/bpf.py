@@ -3,7 +3,7 @@ into :class:`Snapshot` and :class:`TaskEvent`.
 
 The kernel side keeps, per CPU, a time integral of the run-queue length updated at every switch and
 wakeup; a window's mean is the integral's difference divided by the window, after closing the open
-interval at "now" here (both sides read CLOCK_MONOTONIC). So an idle CPU reads exactly 0 and a CPU
+interval at "now" here (mapped to the run queue's clock by the offset the kernel side keeps). So an idle CPU reads exactly 0 and a CPU
 with three busy loops exactly 3, with no sampling in between.
 """
 
@@ -40,11 +40,13 @@ class _Cpu(ctypes.Structure):
         ("arrivals", u64),
         ("nr", u32),
         ("busy", u32),
+        ("clock_offset", ctypes.c_int64),
+        ("calibrated", u64),
     ]
 
 
 class _Shared(ctypes.Structure):
-    _fields_ = [("lost", u64), ("cpus", _Cpu * LB_MAX_CPUS)]
+    _fields_ = [("lost", u64), ("pad", u64 * 7), ("cpus", _Cpu * LB_MAX_CPUS)]
 
 
 class _Event(ctypes.Structure):
@@ -146,8 +148,9 @@ class BpfProbe:
         totals = []
         for cpu in self.cpus:
             c = shared.cpus[cpu]
-            runq = c.runq_ns + (c.nr * (now - c.last_ns) if c.last_ns and now > c.last_ns else 0)
-            busy = c.busy_ns + (now - c.switch_ns if c.busy and now > c.switch_ns else 0)
+            rq_now = now - c.clock_offset  # this CPU's run-queue clock, now
+            runq = c.runq_ns + (c.nr * (rq_now - c.last_ns) if c.last_ns and rq_now > c.last_ns else 0)
+            busy = c.busy_ns + (rq_now - c.switch_ns if c.busy and rq_now > c.switch_ns else 0)
             totals.append((runq, busy, c.arrivals))
         return now, totals
 
