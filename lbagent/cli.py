@@ -203,6 +203,44 @@ def record(output, duration, interval, kind, scope_cgroup, scope_comm, scope_uid
     click.echo(f"recorded {events} task events and {samples} samples with the {p.kind} probe to {output} (lost {lost})")
 
 
+@main.command("replay")
+@click.argument("trace_path", metavar="TRACE", type=click.Path(dir_okay=False))
+@click.option("--policies", default="jsq,lwl,sed,po2,round_robin,random,kernel", show_default=True,
+              help="Comma-separated: heuristic names, shipped policy names or policy files.")
+@click.option("--episodes", default=4, show_default=True, type=click.IntRange(1), help="Replays per policy (predictor noise seeds).")
+@click.option("--seed", default=1000, show_default=True, type=int)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the results as JSON.")
+def replay_cmd(trace_path: str, policies: str, episodes: int, seed: int, json_path: str | None) -> None:
+    """Replay a recorded trace's arrivals and task sizes on its CPUs in the simulator, per policy.
+
+    The table is the one `lbagent eval` prints, on the trace's tasks instead of a scenario suite.
+
+    \b
+    Example:
+      lbagent replay host.jsonl.gz --policies lwl,sed,kernel --episodes 4
+    """
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from lbagent import evaluate
+    from lbagent.replay import replay, replay_jobs
+    from lbagent.trace import read_trace
+
+    jobs = replay_jobs(read_trace(trace_path), trace_path)
+    title = f"replay {Path(trace_path).name}: {jobs.work.size} tasks on {len(jobs.capacities)} CPUs, {episodes} episodes"
+    report = replay(jobs, _csv(policies), episodes, seed, title)
+    Console().print(evaluate.render_table(report, title))
+    console = Console(stderr=True)
+    if jobs.unfinished or jobs.unsized:
+        console.print(f"left out: {jobs.unfinished} tasks without an exit, {jobs.unsized} without a CPU time")
+    for r in report.results:
+        if r.note:
+            console.print(f"{r.policy}: {r.note}")
+    if json_path:
+        evaluate.write_json(report, Path(json_path))
+
+
 @main.group()
 def bench() -> None:
     """Measure speed and overhead; each prints a table (or --json)."""
