@@ -240,3 +240,63 @@ def test_cli_probe_json_lines():
     assert all(set(c) == {"cpu", "runq", "util", "arrivals"} for line in lines for c in line["cpus"])
     assert lines[0]["t"] < lines[1]["t"] < lines[2]["t"]
 
+
+
+def test_cli_record_live_trace_then_replay(cgroup, tmp_path):
+    """A launcher in the scoped cgroup forks three workers after the recorder started: the trace
+    holds their arrivals and exits with CPU time, one sample per interval, and replays."""
+    from click.testing import CliRunner
+
+    from lbagent.cli import main
+    from lbagent.trace import Arrival, Exit, Sample, read_trace
+
+    out = tmp_path / "live.jsonl.gz"
+    work = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"
+    launcher = _spawn_in(cgroup, ["sh", "-c", f"sleep 0.4; for k in 1 2 3; do sh -c '{work}' & done; wait"])
+    try:
+        result = CliRunner().invoke(main, ["record", "-o", str(out), "--duration", "1.5", "--interval", "0.5",
+                                           "--probe", "bpf", "--scope-cgroup", str(cgroup)])
+    finally:
+        launcher.wait()
+    assert result.exit_code == 0, result.output
+    assert "lost 0" in result.output
+    trace = read_trace(out)
+    assert trace.header.source == "bpf" and len(trace.header.cpus) == len(online_cpus())
+    arrivals = [e for e in trace.events if isinstance(e, Arrival)]
+    exits = [e for e in trace.events if isinstance(e, Exit)]
+    assert len(arrivals) == 3 and sorted(e.pid for e in exits) == sorted(e.pid for e in arrivals)
+    assert all(e.runtime > 0.005 for e in exits)
+    assert len([e for e in trace.events if isinstance(e, Sample)]) == 3
+    result = CliRunner().invoke(main, ["replay", str(out), "--policies", "lwl", "--episodes", "1"])
+    assert result.exit_code == 0 and "3 tasks on" in result.output, result.output
+
+
+def test_unavailable_reasons_are_one_line(tmp_path, caplog):
+    from lbagent.probe import ProbeUnavailable
+
+    with pytest.raises(ProbeUnavailable, match=r"^bpf probe unavailable: BPF object missing: .*make bpf"):
+        open_probe("bpf", Scope(), obj_path=tmp_path / "nothing.o")
+    garbage = tmp_path / "garbage.o"
+    garbage.write_bytes(b"not an ELF file")
+    with pytest.raises(ProbeUnavailable, match=r"^bpf probe unavailable: load failed: bpf_object__open_file") as err:
+        open_probe("bpf", Scope(), obj_path=garbage)
+    assert "\n" not in str(err.value)
+    with caplog.at_level("WARNING", logger="lbagent.probe"):
+        probe = open_probe("auto", Scope(), obj_path=garbage)
+    try:
+        assert probe.kind == "procfs"
+        assert "falling back to the procfs probe" in caplog.text
+    finally:
+        probe.close()
+
+
+def test_cli_probe_as_unprivileged_user_exits_2():
+    """The CLI run with an unprivileged effective uid (modules loaded first: the interpreter's own
+    files may be unreadable to that user)."""
+    drop_then_run = (
+        "import json, logging, os, sys, time, lbagent.cli, lbagent.probe.bpf, lbagent.probe.stream; os.seteuid(65534); "
+        "sys.argv = ['lbagent', 'probe', '--probe', 'bpf', '--duration', '0.1']; lbagent.cli.main()"
+    )
+    result = subprocess.run([sys.executable, "-c", drop_then_run], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "lbagent: error: bpf probe unavailable: not root (loading BPF needs CAP_BPF and CAP_PERFMON; run as root)"
