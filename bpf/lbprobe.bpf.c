@@ -22,6 +22,7 @@
 #define TASK_DEAD 0x80
 #define TASK_ON_RQ_MIGRATING 2
 #define PF_KTHREAD 0x00200000
+#define LB_CGROUP_DEPTH 8 /* ancestors checked for a scope match: deeper nesting is not seen */
 
 const volatile struct lb_config cfg = {};
 
@@ -69,6 +70,11 @@ struct task_struct___pre514 {
 
 struct task_struct___pre55 {
 	u64 real_start_time;
+} __attribute__((preserve_access_index));
+
+struct cgroup___pre60 {
+	int level;
+	u64 ancestor_ids[];
 } __attribute__((preserve_access_index));
 
 struct cfs_rq___v613 {
@@ -139,18 +145,35 @@ static __always_inline void sample_runq(struct lb_cpu *c, struct rq *rq)
 	}
 }
 
+/* A scope cgroup covers its whole subtree: test the task's cgroup and each ancestor, root first.
+ * 6.0 replaced cgroup->ancestor_ids[] (ids) with ->ancestors[] (pointers). */
+static __always_inline bool cgroup_in_scope(struct task_struct *t)
+{
+	struct cgroup *cgrp = t->cgroups->dfl_cgrp;
+	int level = cgrp->level;
+	u64 id;
+
+	for (int i = 0; i < LB_CGROUP_DEPTH; i++) {
+		if (i > level)
+			return false;
+		if (bpf_core_field_exists(cgrp->ancestors))
+			id = BPF_CORE_READ(cgrp, ancestors[i], kn, id);
+		else
+			id = BPF_CORE_READ((struct cgroup___pre60 *)cgrp, ancestor_ids[i]);
+		if (bpf_map_lookup_elem(&scope_cgroups, &id))
+			return true;
+	}
+	return false;
+}
+
 static __always_inline bool in_scope(struct task_struct *t)
 {
 	if (t->flags & PF_KTHREAD)
 		return false;
 	if (t->tgid == cfg.self_tgid)
 		return false;
-	if (cfg.filter_cgroup) {
-		u64 id = t->cgroups->dfl_cgrp->kn->id;
-
-		if (!bpf_map_lookup_elem(&scope_cgroups, &id))
-			return false;
-	}
+	if (cfg.filter_cgroup && !cgroup_in_scope(t))
+		return false;
 	if (cfg.filter_uid) {
 		u32 uid = t->real_cred->uid.val;
 

@@ -19,7 +19,7 @@ import pytest
 
 from lbagent.probe import bpf_unavailable_reason, open_probe
 from lbagent.probe.cpus import online_cpus
-from lbagent.probe.procfs import cgroup2_mount, runnable_per_cpu
+from lbagent.probe.procfs import ProcfsProbe, cgroup2_mount, runnable_per_cpu
 from lbagent.probe.types import EventKind, Scope
 
 pytestmark = pytest.mark.kernel
@@ -87,6 +87,18 @@ def collect_until(probe, predicate, timeout: float = 3.0):
     return events
 
 
+@contextmanager
+def running_away_from(cpu: int):
+    """Keep this process (which scans /proc while measuring) off ``cpu`` when there is another."""
+    mask = os.sched_getaffinity(0)
+    if len(mask) > 1:
+        os.sched_setaffinity(0, mask - {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, mask)
+
+
 @pytest.mark.parametrize("n", [1, 3])
 def test_bpf_runq_counts_pinned_busy_loops(n):
     """runq on CPU k = our n loops + whatever else runs there (a shared machine has other load,
@@ -94,7 +106,7 @@ def test_bpf_runq_counts_pinned_busy_loops(n):
     cpu = max(os.sched_getaffinity(0))
     probe = open_probe("bpf", Scope())
     try:
-        with busy_loops({cpu: n}) as loops:
+        with busy_loops({cpu: n}) as loops, running_away_from(cpu):
             window(probe, 0.3)  # let them start
             ours = {os.getpid(), *(p.pid for p in loops)}
             foreign, end = [], time.monotonic() + 1.0
@@ -182,10 +194,31 @@ def test_bpf_out_of_scope_tasks_produce_no_events(field, cgroup, tmp_path):
     )
 
 
+@pytest.mark.parametrize("kind", ["bpf", "procfs"])
+def test_scope_cgroup_covers_its_subtree(kind, cgroup):
+    nested = cgroup / "inner"
+    nested.mkdir()
+    nested_id = os.stat(nested).st_ino
+    try:
+        probe = open_probe(kind, Scope(cgroup_ids=frozenset({os.stat(cgroup).st_ino})))
+        try:
+            child = _spawn_in(nested, ["sh", "-c", "exit 0"])
+            events = collect_until(probe, lambda ev: any(e.kind is EventKind.EXIT for e in ev))
+            child.wait()
+        finally:
+            probe.close()
+    finally:
+        nested.rmdir()
+    assert [(e.kind, e.pid, e.cgroup) for e in events] == [
+        (EventKind.ARRIVAL, child.pid, nested_id),
+        (EventKind.EXIT, child.pid, nested_id),
+    ]
+
+
 def test_procfs_agrees_with_bpf_on_runq():
     cpus = sorted(os.sched_getaffinity(0))
     placement = {cpus[0]: 2, cpus[-1]: 1} if len(cpus) > 1 else {cpus[0]: 2}
-    bpf, procfs = open_probe("bpf", Scope()), open_probe("procfs", Scope())
+    bpf, procfs = open_probe("bpf", Scope()), ProcfsProbe(Scope(), sample_interval=0.05)
     try:
         with busy_loops(placement):
             for probe in (bpf, procfs):

@@ -87,14 +87,19 @@ def cgroup2_mount() -> str | None:
     return None
 
 
-def cgroup_id(pid: int, mount: str | None) -> int:
-    """The v2 cgroup id of a process (its directory's inode, as the BPF side reads kn->id)."""
+def cgroup_ids(pid: int, mount: str | None) -> list[int]:
+    """The v2 cgroup ids (directory inodes, as the BPF side reads kn->id) of a process's cgroup
+    and its ancestors, root first, its own last; [0] without a v2 hierarchy."""
     if mount is None:
-        return 0
+        return [0]
     for line in (PROC / str(pid) / "cgroup").read_text().splitlines():
         if line.startswith("0::"):
-            return os.stat(mount + line[3:].rstrip("/") or mount).st_ino
-    return 0
+            path, ids = Path(mount), [os.stat(mount).st_ino]
+            for part in Path(line[3:].strip()).parts[1:]:
+                path = path / part
+                ids.append(os.stat(path).st_ino)
+            return ids
+    return [0]
 
 
 def real_uid(pid: int) -> int:
@@ -213,7 +218,10 @@ class ProcfsProbe:
             raise FileNotFoundError(pid)
         if info.flags & PF_KTHREAD:
             return None
-        cgroup = cgroup_id(pid, self._cgroup_mount) if self.scope.cgroup_ids else 0
+        cgroup = 0
+        if self.scope.cgroup_ids:  # a scope cgroup covers its subtree, as on the BPF side
+            ids = cgroup_ids(pid, self._cgroup_mount)
+            cgroup = next((i for i in ids if i in self.scope.cgroup_ids), ids[-1])
         uid = real_uid(pid) if self.scope.uids else -1
         return info if self.scope.matches(cgroup, info.comm, uid) else None
 
@@ -241,7 +249,7 @@ class ProcfsProbe:
 
     def _event(self, kind: EventKind, tgid: int, cpu: int, ts_ns: int, info: TaskInfo) -> TaskEvent:
         try:
-            cgroup = cgroup_id(tgid, self._cgroup_mount)
+            cgroup = cgroup_ids(tgid, self._cgroup_mount)[-1]
         except (FileNotFoundError, ProcessLookupError):
             cgroup = 0
         return TaskEvent(
