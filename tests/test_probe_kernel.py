@@ -102,7 +102,8 @@ def running_away_from(cpu: int):
 @pytest.mark.parametrize("n", [1, 3])
 def test_bpf_runq_counts_pinned_busy_loops(n):
     """runq on CPU k = our n loops + whatever else runs there (a shared machine has other load,
-    which the balancer moves around as ours arrives: counted independently from /proc)."""
+    which the balancer moves around as ours arrives: counted independently from /proc, sampled,
+    so 5 % of that foreign load is allowed on top of the 1 task of tolerance)."""
     cpu = max(os.sched_getaffinity(0))
     probe = open_probe("bpf", Scope())
     try:
@@ -118,7 +119,7 @@ def test_bpf_runq_counts_pinned_busy_loops(n):
         probe.close()
     others = sum(foreign) / len(foreign)
     assert runq(loaded, cpu) >= n - 0.5
-    assert abs(runq(loaded, cpu) - n - others) <= 1, (runq(loaded, cpu), n, others)
+    assert abs(runq(loaded, cpu) - n - others) <= 1 + 0.05 * others, (runq(loaded, cpu), n, others)
     assert next(c.util for c in loaded.cpus if c.cpu == cpu) > 0.95
 
 
@@ -216,13 +217,15 @@ def test_scope_cgroup_covers_its_subtree(kind, cgroup):
 
 
 def test_procfs_agrees_with_bpf_on_runq():
+    """Same workload, same window: within 1 task per CPU. A shared machine adds other people's
+    bursts, which the procfs probe can only sample: 5 % of the reading is allowed on top for that."""
     cpus = sorted(os.sched_getaffinity(0))
     placement = {cpus[0]: 2, cpus[-1]: 1} if len(cpus) > 1 else {cpus[0]: 2}
     bpf, procfs = open_probe("bpf", Scope()), ProcfsProbe(Scope(), sample_interval=0.05)
     try:
         with busy_loops(placement):
-            for probe in (bpf, procfs):
-                window(probe, 0.2)  # start both windows now
+            window(procfs, 0.2)  # let the loops start
+            bpf.snapshot(), procfs.snapshot()  # open both windows together
             end = time.monotonic() + 1.5
             while time.monotonic() < end:
                 bpf.poll(0.02)
@@ -233,7 +236,7 @@ def test_procfs_agrees_with_bpf_on_runq():
         procfs.close()
     for cpu in placement:
         assert runq(a, cpu) >= placement[cpu] - 0.5
-        assert abs(runq(a, cpu) - runq(b, cpu)) <= 1, (cpu, runq(a, cpu), runq(b, cpu))
+        assert abs(runq(a, cpu) - runq(b, cpu)) <= 1 + 0.05 * runq(a, cpu), (cpu, runq(a, cpu), runq(b, cpu))
 
 
 def test_procfs_scoped_arrivals_and_exits(cgroup):
