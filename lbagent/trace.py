@@ -63,22 +63,21 @@ class Header:
 
 
 @dataclass(frozen=True)
-class Arrival:
+class _TaskRecord:
     t: float
     pid: int
     tgid: int
     comm: str
     cpu: int
+
+
+@dataclass(frozen=True)
+class Arrival(_TaskRecord):
     cgroup: int = 0
 
 
 @dataclass(frozen=True)
-class Exit:
-    t: float
-    pid: int
-    tgid: int
-    comm: str
-    cpu: int
+class Exit(_TaskRecord):
     runtime: float
 
 
