@@ -260,6 +260,7 @@ def bench_probe(kind: str, rounds: int, loops: int, storm_tasks: int, as_json: b
       lbagent bench probe --rounds 7 --loops 50000 --storm-tasks 10000
     """
     import json
+    import statistics
 
     from rich.console import Console
     from rich.table import Table
@@ -273,9 +274,14 @@ def bench_probe(kind: str, rounds: int, loops: int, storm_tasks: int, as_json: b
         click.echo(json.dumps({"pipe": pipe.to_json(), "storm": storm.to_json() if storm else None}))
         return
     table = Table(title=f"perf bench sched pipe on one CPU, {rounds} alternating pairs of {loops} messages")
-    for column in ("probe", "median usecs/op without", "median usecs/op with", "slowdown (median pair ratio)"):
+    for column in ("probe", "measure", "median without", "median with", "slowdown (median pair ratio)"):
         table.add_column(column, justify="right")
-    table.add_row(pipe.probe, f"{pipe.median_without:.3f}", f"{pipe.median_with:.3f}", f"{pipe.slowdown_pct:+.2f}%")
+    for measure, without, with_probe, slowdown in (
+        ("wall us/msg", pipe.wall_us_without, pipe.wall_us_with, pipe.wall_slowdown_pct),
+        ("CPU us/msg", pipe.cpu_us_without, pipe.cpu_us_with, pipe.cpu_slowdown_pct),
+    ):
+        table.add_row(pipe.probe, measure, f"{statistics.median(without):.3f}", f"{statistics.median(with_probe):.3f}",
+                      f"{slowdown:+.2f}%")
     Console().print(table)
     if storm:
         table = Table(title="fork storm (tasks in scope by command name)")
