@@ -336,3 +336,14 @@ def test_cli_probe_as_unprivileged_user_exits_2():
     result = subprocess.run([sys.executable, "-c", drop_then_run], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == "lbagent: error: bpf probe unavailable: not root (loading BPF needs CAP_BPF and CAP_PERFMON; run as root)"
+
+
+def test_bench_probe_machinery_counts_exactly():
+    """Not a speed test: the storm's accounting is exact and the pipe runs parse (figures > 0)."""
+    from lbagent.probe.bench import fork_storm, pipe_overhead
+
+    storm = fork_storm("bpf", tasks=400, parallel=2)
+    assert storm.expected == 402 and storm.arrivals == storm.exits == 402 and storm.lost == 0
+    pipe = pipe_overhead("bpf", rounds=1, loops=2000)
+    assert pipe.probe == "bpf" and len(pipe.wall_us_with) == len(pipe.cpu_us_without) == 1
+    assert min(pipe.wall_us_without + pipe.wall_us_with + pipe.cpu_us_without + pipe.cpu_us_with) > 0
