@@ -95,7 +95,8 @@ static __always_inline struct rq *task_rq(struct task_struct *t)
 
 /* Tasks the scheduler still holds only to burn off negative lag (EEVDF delayed dequeue) are
  * asleep, yet counted in rq->nr_running: subtract them. 6.14 renamed nr_running to nr_queued in
- * struct cfs_rq and added h_nr_runnable; 6.13 counted them in h_nr_delayed; before, none existed. */
+ * struct cfs_rq and added h_nr_runnable; 6.13 counted them in h_nr_delayed; 6.12 kept them without
+ * a counter (its readings include them); before 6.12 there were none. */
 static __always_inline u32 delayed_dequeues(struct rq *rq)
 {
 	struct cfs_rq *cfs = &rq->cfs;

@@ -347,3 +347,28 @@ def test_bench_probe_machinery_counts_exactly():
     pipe = pipe_overhead("bpf", rounds=1, loops=2000)
     assert pipe.probe == "bpf" and len(pipe.wall_us_with) == len(pipe.cpu_us_without) == 1
     assert min(pipe.wall_us_without + pipe.wall_us_with + pipe.cpu_us_without + pipe.cpu_us_with) > 0
+
+
+def test_verifier_rejection_is_reported_by_its_reason(tmp_path):
+    """A program the verifier refuses (a map value used without its NULL check): the error names
+    the program and the verifier's own reason, on one line."""
+    from lbagent.probe.libbpf import BpfObject, LibbpfError
+
+    source = tmp_path / "bad.bpf.c"
+    source.write_text(
+        '#include "vmlinux.h"\n#include <bpf/bpf_helpers.h>\n#include <bpf/bpf_tracing.h>\n'
+        "struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 4); __type(key, u32); __type(value, u64); }"
+        ' m SEC(".maps");\n'
+        'SEC("tp_btf/sched_switch")\nint BPF_PROG(bad_switch, bool preempt, struct task_struct *prev)\n'
+        "{ u32 k = 0; u64 *v = bpf_map_lookup_elem(&m, &k); *v += 1; return 0; }\n"
+        'char LICENSE[] SEC("license") = "GPL";\n'
+    )
+    bpf_dir = Path(__file__).resolve().parent.parent / "bpf"
+    subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86", f"-I{bpf_dir}", "-c", str(source),
+                    "-o", str(tmp_path / "bad.o")], check=True)
+    with BpfObject(tmp_path / "bad.o") as obj, pytest.raises(LibbpfError) as err:
+        obj.load()
+    message = str(err.value)
+    assert "\n" not in message
+    assert "Permission denied" in message and "prog 'bad_switch': failed to load" in message
+    assert "verifier: R0 invalid mem access 'map_value_or_null'" in message

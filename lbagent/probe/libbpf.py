@@ -31,9 +31,9 @@ class LibbpfError(OSError):
 
     def __init__(self, call: str, err: int, log: str = ""):
         err = abs(err)
-        detail = f"{call}: {os.strerror(err)} ({errno_mod.errorcode.get(err, err)})"
+        detail = f"{call}: {_strerror(err)} ({errno_mod.errorcode.get(err, err)})"
         if log:
-            detail += f"; libbpf: {log}"
+            detail += f"; {log}"
         super().__init__(err, detail)
         self.call = call
 
@@ -56,8 +56,18 @@ def _print(level: int, fmt: bytes, va_list: int) -> int:
     buf = ctypes.create_string_buffer(1024)
     _libc.vsnprintf(buf, len(buf), fmt, va_list)
     with _log_lock:
-        _log.extend(line for line in buf.value.decode(errors="replace").splitlines() if line.strip())
+        text = buf.value.decode(errors="replace")
+        _log.extend(line if line.startswith("libbpf: ") else f"libbpf: {line}" for line in text.splitlines() if line.strip())
     return 0
+
+
+def _strerror(err: int) -> str:
+    """errno text; libbpf's own codes (4000 and up, e.g. "Invalid ELF format") through libbpf."""
+    if err >= 4000 and _lib is not None:
+        buf = ctypes.create_string_buffer(256)
+        if _lib.libbpf_strerror(err, buf, len(buf)) == 0:
+            return buf.value.decode(errors="replace")
+    return os.strerror(err)
 
 
 def _signature(lib: ctypes.CDLL, name: str, restype, *argtypes) -> None:
@@ -78,7 +88,7 @@ def library() -> ctypes.CDLL:
         raise LibbpfError(f"load {name}", errno_mod.ENOENT, str(exc)) from None
     c_int, c_uint, c_size = ctypes.c_int, ctypes.c_uint, ctypes.c_size_t
     _signature(lib, "libbpf_set_print", _void_p, _PRINT_FN)
-    _signature(lib, "libbpf_num_possible_cpus", c_int)
+    _signature(lib, "libbpf_strerror", c_int, c_int, ctypes.c_char_p, c_size)
     _signature(lib, "bpf_object__open_file", _void_p, ctypes.c_char_p, _void_p)
     _signature(lib, "bpf_object__load", c_int, _void_p)
     _signature(lib, "bpf_object__close", None, _void_p)
@@ -96,7 +106,6 @@ def library() -> ctypes.CDLL:
     _signature(lib, "bpf_map_lookup_elem", c_int, c_int, _void_p, _void_p)
     _signature(lib, "ring_buffer__new", _void_p, c_int, SAMPLE_FN, _void_p, _void_p)
     _signature(lib, "ring_buffer__poll", c_int, _void_p, c_int)
-    _signature(lib, "ring_buffer__epoll_fd", c_int, _void_p)
     _signature(lib, "ring_buffer__free", None, _void_p)
     lib.libbpf_set_print(_print)
     _lib = lib
@@ -104,8 +113,17 @@ def library() -> ctypes.CDLL:
 
 
 def _last_log() -> str:
+    """libbpf's last word on a failure, taken (and cleared) from its log. After a rejected program
+    that is the verifier's reason, the line before its statistics, not "failed to load object"."""
     with _log_lock:
-        return _log[-1] if _log else ""
+        lines = list(_log)
+        _log.clear()
+    ends = [i for i, line in enumerate(lines) if "-- END PROG LOAD LOG --" in line]
+    if not ends:
+        return lines[-1] if lines else ""
+    reason = [line for line in lines[: ends[-1]] if not line.startswith("libbpf: processed ")]
+    prog = next((line for line in lines[ends[-1] + 1 :] if "failed to load" in line), lines[-1])
+    return f"{prog}; verifier: {reason[-1].removeprefix('libbpf: ')}" if reason else prog
 
 
 def _check_ptr(call: str, ptr: int | None) -> int:
@@ -118,10 +136,6 @@ def _check_rc(call: str, rc: int) -> int:
     if rc < 0:
         raise LibbpfError(call, rc, _last_log())
     return rc
-
-
-def num_possible_cpus() -> int:
-    return _check_rc("libbpf_num_possible_cpus", library().libbpf_num_possible_cpus())
 
 
 # ---- objects, maps, programs ---------------------------------------------------------------------
@@ -239,10 +253,6 @@ class RingBuffer:
         self._rb: int | None = _check_ptr(
             f"ring_buffer__new({ring.name})", library().ring_buffer__new(ring.fd, self._callback, None, None)
         )
-
-    def fileno(self) -> int:
-        """An epoll fd that becomes readable when records wait: for select/poll loops."""
-        return _check_rc("ring_buffer__epoll_fd", library().ring_buffer__epoll_fd(self._rb))
 
     def poll(self, timeout: float) -> int:
         """Wait up to ``timeout`` seconds for records and consume them; returns how many."""
