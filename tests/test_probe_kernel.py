@@ -240,20 +240,27 @@ def test_procfs_agrees_with_bpf_on_runq():
 
 
 def test_procfs_scoped_arrivals_and_exits(cgroup):
+    """Arrivals and exits of the scope only; exit CPU time from taskstats, within 10 % of rusage."""
     m = 4
     probe = open_probe("procfs", Scope(cgroup_ids=frozenset({os.stat(cgroup).st_ino})))
     try:
         children = [_spawn_in(cgroup) for _ in range(m)]
         outsider = subprocess.Popen(SHORT_WORK)
         events = collect_until(probe, lambda ev: sum(e.kind is EventKind.EXIT for e in ev) >= m, timeout=5)
-        for child in [*children, outsider]:
-            child.wait()
+        kernel_ns = {}
+        for child in children:
+            _, _, usage = os.wait4(child.pid, 0)
+            kernel_ns[child.pid] = (usage.ru_utime + usage.ru_stime) * 1e9
+        outsider.wait()
         events += probe.poll(0.1)
     finally:
         probe.close()
     pids = sorted(c.pid for c in children)
     assert sorted(e.pid for e in events if e.kind is EventKind.ARRIVAL) == pids
-    assert sorted(e.pid for e in events if e.kind is EventKind.EXIT) == pids
+    exits = [e for e in events if e.kind is EventKind.EXIT]
+    assert sorted(e.pid for e in exits) == pids
+    for e in exits:
+        assert e.runtime_ns == pytest.approx(kernel_ns[e.pid], rel=0.10), (e.runtime_ns, kernel_ns[e.pid])
 
 
 def test_probe_close_is_idempotent_and_detaches():

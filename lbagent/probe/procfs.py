@@ -6,11 +6,14 @@ the caller waits in :meth:`ProcfsProbe.poll` and averaged over the window: a sam
 BPF probe's exact integral. Busy time comes from ``/proc/stat``. Forks, execs and exits come from
 the kernel's proc connector (pyroute2 decodes it); we own the netlink socket so that ``select``
 sees every queued datagram (pyroute2's own socket buffers them in an event loop the fd never shows).
+CPU time at exit comes from taskstats (:mod:`lbagent.probe.taskstats`), else from the zombie's
+``/proc/PID/stat`` when we are faster than its parent, else 0.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import select
 import socket
@@ -31,6 +34,7 @@ from pyroute2.netlink.connector.cn_proc import (
 )
 
 from lbagent.probe.cpus import online_cpus
+from lbagent.probe.taskstats import TaskExitStats
 from lbagent.probe.types import CpuSample, EventKind, Scope, Snapshot, TaskEvent
 
 NETLINK_CONNECTOR = 11
@@ -38,6 +42,7 @@ PF_KTHREAD = 0x00200000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NS_PER_TICK = 1_000_000_000 // CLK_TCK
 PROC = Path("/proc")
+log = logging.getLogger("lbagent.probe")
 
 
 @dataclass(frozen=True)
@@ -199,6 +204,11 @@ class ProcfsProbe:
         self._self = os.getpid()
         self._cgroup_mount = cgroup2_mount()
         self._connector = ProcConnector()
+        try:
+            self._exit_stats: TaskExitStats | None = TaskExitStats(self.cpus)
+        except OSError as exc:
+            log.warning("taskstats unavailable (%s): exit CPU times read from /proc when still there", exc)
+            self._exit_stats = None
         self._tracked: dict[int, TaskInfo] = {}
         self._unseen = 0
         self._arrivals: Counter[int] = Counter()
@@ -268,9 +278,11 @@ class ProcfsProbe:
         elif what == "PROC_EVENT_EXIT" and msg["process_pid"] == msg["process_tgid"]:
             tgid = msg["process_tgid"]
             if tgid in self._tracked:
-                # Read the zombie before its parent reaps it; runtime is 0 when it was too late.
                 seen = replace(self._tracked.pop(tgid), cputime_ns=0)
-                info = read_stat(PROC / str(tgid) / "stat") or seen
+                info = read_stat(PROC / str(tgid) / "stat") or seen  # the zombie, if not yet reaped
+                runtime = self._exit_stats.runtime_ns(tgid) if self._exit_stats else None
+                if runtime is not None:
+                    info = replace(info, cputime_ns=runtime)
                 return self._event(EventKind.EXIT, tgid, cpu, ts, info)
         return None
 
@@ -284,7 +296,10 @@ class ProcfsProbe:
             if events or now >= deadline:
                 return events
             wait = max(0.0, min(deadline, self._next_sample) - now)
-            if select.select([self._connector], [], [], wait)[0]:
+            ready = select.select([self._connector, *([self._exit_stats] if self._exit_stats else [])], [], [], wait)[0]
+            if self._exit_stats in ready:
+                self._exit_stats.drain()
+            if self._connector in ready:
                 events.extend(e for e in map(self._handle, self._connector.drain()) if e is not None)
 
     def snapshot(self) -> Snapshot:
@@ -304,7 +319,10 @@ class ProcfsProbe:
         return Snapshot(t_ns=now, window_ns=window, cpus=tuple(cpus), lost=self.lost())
 
     def lost(self) -> int:
-        return self._connector.overruns + self._unseen
+        """Connector and taskstats overruns, plus tasks gone before their scope could be judged."""
+        return self._connector.overruns + self._unseen + (self._exit_stats.overruns if self._exit_stats else 0)
 
     def close(self) -> None:
         self._connector.close()
+        if self._exit_stats:
+            self._exit_stats.close()
