@@ -12,11 +12,9 @@ CPU time at exit comes from taskstats (:mod:`lbagent.probe.taskstats`), else fro
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import select
-import socket
 import time
 from collections import Counter
 from collections.abc import Collection, Iterator
@@ -34,6 +32,7 @@ from pyroute2.netlink.connector.cn_proc import (
 )
 
 from lbagent.probe.cpus import online_cpus
+from lbagent.probe.netlink import MulticastListener
 from lbagent.probe.taskstats import TaskExitStats
 from lbagent.probe.types import CpuSample, EventKind, Scope, Snapshot, TaskEvent
 
@@ -143,21 +142,18 @@ def cpu_times() -> dict[int, tuple[int, int]]:
     return times
 
 
-class ProcConnector:
+class ProcConnector(MulticastListener):
     """The kernel's process-event multicast (fork/exec/exit), root only. Non-blocking reads."""
 
-    def __init__(self, rcvbuf: int = 1 << 23):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+    def __init__(self):
+        super().__init__(NETLINK_CONNECTOR, CN_IDX_PROC)
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            self.sock.bind((0, CN_IDX_PROC))
             self._control(PROC_CN_MCAST_LISTEN)
         except OSError:
             self.sock.close()
             raise
         self.sock.setblocking(False)
         self.marshal = ProcEventMarshal()
-        self.overruns = 0
 
     def _control(self, action: int) -> None:
         msg = proc_event_control()
@@ -167,21 +163,9 @@ class ProcConnector:
         msg.encode()
         self.sock.send(msg.data)
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
     def drain(self) -> Iterator[dict]:
-        """Every event queued now. An overrun (the socket buffer filled) is counted, not raised."""
-        while True:
-            try:
-                data = self.sock.recv(1 << 16)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                self.overruns += 1
-                continue
+        """Every event queued now."""
+        for data in self.datagrams():
             yield from self.marshal.parse(data)
 
     def close(self) -> None:

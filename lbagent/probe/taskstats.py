@@ -14,12 +14,13 @@ from __future__ import annotations
 import errno
 import os
 import select
-import socket
 import struct
 from collections import OrderedDict
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR
 from pyroute2.netlink.taskstats import TASKSTATS_CMD_GET, TaskStats, taskstatsmsg, tcmd
+
+from lbagent.probe.netlink import MulticastListener
 
 NETLINK_GENERIC = 16
 MAX_PENDING = 65536
@@ -35,22 +36,19 @@ def _family_id() -> int:
         lookup.close()
 
 
-class TaskExitStats:
+class TaskExitStats(MulticastListener):
     """Listens for exit records on ``cpus``; :meth:`runtime_ns` answers by pid. Root only."""
 
-    def __init__(self, cpus: list[int], rcvbuf: int = 1 << 23):
+    def __init__(self, cpus: list[int]):
         self.family = _family_id()
         self.mask = ",".join(str(c) for c in cpus)
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+        super().__init__(NETLINK_GENERIC, 0)
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            self.sock.bind((0, 0))
             self._command("TASKSTATS_CMD_ATTR_REGISTER_CPUMASK", wait_ack=True)
         except OSError:
             self.sock.close()
             raise
         self.sock.setblocking(False)
-        self.overruns = 0
         self._runtime: OrderedDict[int, int] = OrderedDict()
 
     def _command(self, attr: str, wait_ack: bool) -> None:
@@ -71,21 +69,9 @@ class TaskExitStats:
             code = -struct.unpack_from("i", data, 16)[0]
             raise OSError(code, f"taskstats listener registration: {os.strerror(code)}")
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
     def drain(self) -> None:
-        """Take in every record queued now; an overrun (socket buffer full) is counted."""
-        while True:
-            try:
-                data = self.sock.recv(1 << 16)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                self.overruns += 1
-                continue
+        """Take in every record queued now."""
+        for data in self.datagrams():
             offset = 0
             while offset + 16 <= len(data):
                 length, kind = struct.unpack_from("IH", data, offset)
