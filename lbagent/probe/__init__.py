@@ -1,5 +1,22 @@
 """Probes: the live eyes of the agent. Both kinds (CO-RE eBPF and procfs) implement :class:`Probe`,
-so the daemon and the recorder never know which one runs."""
+so the daemon and the recorder never know which one runs.
+
+What both report, the same way:
+
+- An *arrival* is a process (pid == tgid) entering the scope, once: at its fork when the child
+  already matches, else at the first exec that makes it match. Threads never arrive. An *exit* is
+  reported only for a process that arrived, when its last thread ends, with the process's CPU time.
+- The scope (:class:`Scope`) is cgroup v2 ids (a listed cgroup covers its subtree), command names
+  (the kernel's 15-character ``comm``) and real uids; empty fields mean "any". Kernel threads and
+  the agent's own process are never in scope.
+- ``ts_ns`` is CLOCK_MONOTONIC (``time.monotonic_ns()``); ``start_ns`` is the task's start on the
+  boot clock, i.e. ``/proc/PID/stat`` field 22 times ``1e9 / CLK_TCK`` (exact in ticks on procfs,
+  in ns on BPF): compare ``start_ns // (1e9 / CLK_TCK)`` to field 22 to tell a reused PID.
+- ``Snapshot`` covers the window since the previous call; ``CpuSample.arrivals`` counts every new
+  task (threads too) woken on that CPU, in or out of scope.
+
+Call ``poll`` often from one thread: the procfs probe also takes its run-queue samples there.
+"""
 
 from __future__ import annotations
 
@@ -85,7 +102,7 @@ def open_probe(kind: str = "auto", scope: Scope | None = None, obj_path: Path | 
     if kind == "procfs":
         return _open_procfs(scope)
     if kind != "auto":
-        raise ValueError(f"unknown probe kind {kind!r} (auto, bpf or procfs)")
+        raise ValueError(f"unknown probe kind {kind!r} (one of {', '.join(PROBE_KINDS)})")
     try:
         probe = _open_bpf(scope, obj_path)
     except ProbeUnavailable as exc:
