@@ -1,0 +1,164 @@
+"""The classic dispatch heuristics the learned policy must beat, all in one place.
+
+Each one reads only the contract's :class:`~lbagent.spaces.RawObservation`, so the same code runs on
+the park and host dynamics and in the daemon. They are vectorized over the batch: a decision for
+1024 simulated environments is a handful of numpy operations. Ties go to the lowest slot index,
+as ``np.argmin`` (and Park's own least-load baseline) does.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from lbagent.spaces import KERNEL, RawObservation
+
+HEURISTICS: tuple[str, ...] = ("random", "round_robin", "jsq", "lwl", "sed", "po2", "kernel")
+
+
+def _argmin_valid(score: np.ndarray, slot_mask: np.ndarray) -> np.ndarray:
+    return np.argmin(np.where(slot_mask, score, np.inf), axis=1)
+
+
+def _safe_capacity(raw: RawObservation) -> np.ndarray:
+    return np.where(raw.slot_mask, np.maximum(raw.capacity, 1e-12), 1.0)
+
+
+def _jsq_score(raw: RawObservation) -> np.ndarray:
+    """Fewest runnable tasks; the remaining work breaks ties so an idle-but-loaded slot is not chosen."""
+    scale = np.maximum(np.where(raw.slot_mask, raw.work_left, 0.0).max(axis=1, keepdims=True), 1e-12)
+    return raw.runnable + 0.5 * np.where(raw.slot_mask, raw.work_left, 0.0) / scale
+
+
+def _least_work_left(raw: RawObservation) -> np.ndarray:
+    return raw.work_left
+
+
+def _earliest_finish(raw: RawObservation) -> np.ndarray:
+    """Shortest expected delay: when would this task finish if it queued behind the slot's work."""
+    return (np.maximum(raw.work_left, 0.0) + raw.task_work[:, None]) / _safe_capacity(raw)
+
+
+class _Stateless:
+    """A heuristic whose choice depends only on the current observation."""
+
+    def __init__(self, name: str, score: Callable[[RawObservation], np.ndarray]) -> None:
+        self.name = name
+        self._score = score
+
+    def begin_trial(self, batch: int, seed: int) -> None:
+        pass
+
+    def act(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
+        return _argmin_valid(self._score(raw), raw.slot_mask)
+
+    def observe(self, reward: np.ndarray, episode_start: np.ndarray) -> None:
+        pass
+
+
+class RandomSlot:
+    """Uniform over the slots that exist (never ``KERNEL``: that is the ``kernel`` baseline)."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    def begin_trial(self, batch: int, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    def act(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
+        # A random key per slot, masked slots pushed out of reach: argmax is a uniform valid choice.
+        keys = np.where(raw.slot_mask, self._rng.random(raw.slot_mask.shape), -1.0)
+        return np.argmax(keys, axis=1)
+
+    def observe(self, reward: np.ndarray, episode_start: np.ndarray) -> None:
+        pass
+
+
+class RoundRobin:
+    """Cycles through the existing slots, one cursor per environment."""
+
+    name = "round_robin"
+
+    def __init__(self) -> None:
+        self._next = np.zeros(0, dtype=np.int64)
+
+    def begin_trial(self, batch: int, seed: int) -> None:
+        self._next = np.zeros(batch, dtype=np.int64)
+
+    def act(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
+        if self._next.shape[0] != raw.batch:
+            self.begin_trial(raw.batch, 0)
+        n_slots = np.maximum(raw.slot_mask.sum(axis=1), 1)
+        # Existing slots are the first n of the layout (spaces.SlotLayout), so the cursor is a count.
+        choice = self._next % n_slots
+        self._next = choice + 1
+        return choice
+
+    def observe(self, reward: np.ndarray, episode_start: np.ndarray) -> None:
+        pass
+
+
+class PowerOfTwo:
+    """Power-of-two-choices: sample two distinct slots, keep the one with fewer runnable tasks."""
+
+    name = "po2"
+
+    def __init__(self, seed: int = 0) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    def begin_trial(self, batch: int, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    def act(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
+        keys = np.where(raw.slot_mask, self._rng.random(raw.slot_mask.shape), -1.0)
+        two = np.argsort(-keys, axis=1)[:, :2]
+        # A single-slot host has only one real candidate: the second pick falls on a masked slot.
+        rows = np.arange(raw.batch)
+        second_valid = raw.slot_mask[rows, two[:, 1]]
+        score = _jsq_score(raw)
+        better_second = second_valid & (score[rows, two[:, 1]] < score[rows, two[:, 0]])
+        return np.where(better_second, two[:, 1], two[:, 0])
+
+    def observe(self, reward: np.ndarray, episode_start: np.ndarray) -> None:
+        pass
+
+
+class KernelDefault:
+    """Always defer to the kernel's own balancer: the baseline of doing nothing."""
+
+    name = "kernel"
+
+    def begin_trial(self, batch: int, seed: int) -> None:
+        pass
+
+    def act(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
+        if not mask[:, KERNEL].all():
+            raise UnsupportedPolicy("the kernel baseline needs a kernel balancer; these dynamics have none")
+        return np.full(raw.batch, KERNEL, dtype=np.int64)
+
+    def observe(self, reward: np.ndarray, episode_start: np.ndarray) -> None:
+        pass
+
+
+class UnsupportedPolicy(RuntimeError):
+    """A policy that has no meaning under the given dynamics (e.g. ``kernel`` on park)."""
+
+
+def make_heuristic(name: str, seed: int = 0):
+    """A fresh heuristic policy by name (see :data:`HEURISTICS`)."""
+    factories: dict[str, Callable[[], object]] = {
+        "random": lambda: RandomSlot(seed),
+        "round_robin": RoundRobin,
+        "jsq": lambda: _Stateless("jsq", _jsq_score),
+        "lwl": lambda: _Stateless("lwl", _least_work_left),
+        "sed": lambda: _Stateless("sed", _earliest_finish),
+        "po2": lambda: PowerOfTwo(seed),
+        "kernel": KernelDefault,
+    }
+    if name not in factories:
+        raise KeyError(f"unknown heuristic {name!r}; known: {', '.join(HEURISTICS)}")
+    return factories[name]()
+
