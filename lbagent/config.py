@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lbagent.errors import UserError
+
 MODES = ("affinity", "cpuset")
 PROBES = ("auto", "bpf", "procfs")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -21,7 +23,7 @@ MAX_CONFIG_BYTES = 1 << 20
 """A config file is a few hundred bytes; anything this big is a mistake, refused before reading."""
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config fault, already phrased as one line for the operator."""
 
 
