@@ -217,21 +217,25 @@ class Daemon:
         self.policy = policy or resolve_policy(config.policy)
         self.policy.begin_trial(1, 0)
         self.server = self._bind_metrics(config)
-        self.actuator = Actuator(config.mode, config.scope, StateFile(config.state_file), dry_run=config.dry_run)
-        self.probe = self._open_probe(config)
+        try:
+            self.actuator = Actuator(config.mode, config.scope, StateFile(config.state_file), dry_run=config.dry_run)
+            self.probe = self._open_probe(config)
+        except BaseException:
+            if self.server is not None:
+                self.server.close()
+            raise
         self._register_metrics()
         self.snap = self.probe.snapshot()
         self.next_snapshot = time.monotonic() + config.snapshot_interval
         self.next_watchdog = time.monotonic()
 
     # ---------------------------------------------------------------- start-up
-    @staticmethod
-    def _bind_metrics(config: Config) -> MetricsServer | None:
+    def _bind_metrics(self, config: Config) -> MetricsServer | None:
         if not config.metrics_enabled:
             return None
         host, port = config.metrics_host_port
         try:
-            return MetricsServer(host, port)
+            return MetricsServer(self.metrics, host, port)
         except OSError as e:
             raise UserError(f"{config.source}: metrics.address {config.metrics_address}: cannot bind: {e.strerror or e}") from None
 

@@ -40,10 +40,10 @@ class Row:
 class DaemonProcess:
     """A real ``lbagent run`` subprocess, started and confirmed READY through ``$NOTIFY_SOCKET``."""
 
-    def __init__(self, config_text: str, policy: str, workdir: Path, extra_env: dict | None = None) -> None:
+    def __init__(self, config_text: str, policy: str | None, workdir: Path, extra_env: dict | None = None) -> None:
         self.config = workdir / "lbagent.toml"
         self.config.write_text(config_text)
-        self.log_path = workdir / f"daemon-{policy.replace('/', '_')}.log"
+        self.log_path = workdir / f"daemon-{(policy or 'config').replace('/', '_')}.log"
         self.sock_path = workdir / "notify.sock"
         self.sock_path.unlink(missing_ok=True)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -52,7 +52,8 @@ class DaemonProcess:
         self.log = open(self.log_path, "w")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lbagent.cli", "run", "--config", str(self.config), "--policy", policy],
+            [sys.executable, "-m", "lbagent.cli", "run", "--config", str(self.config)]
+            + (["--policy", policy] if policy else []),
             env=env, stderr=self.log, stdout=subprocess.DEVNULL,
         )
         self.ready_after = self._wait_ready()
@@ -73,7 +74,6 @@ class DaemonProcess:
         raise UserError(f"lbagent run sent no READY=1 within {READY_TIMEOUT:.0f} s: {self.tail()}")
 
     def tail(self) -> str:
-        self.log.flush()
         lines = self.log_path.read_text().strip().splitlines()
         return lines[-1] if lines else "(no output)"
 
@@ -90,13 +90,12 @@ class DaemonProcess:
         return code
 
 
-def demo_config(scope_path: str, state_file: Path, metrics: str | None = None, probe: str = "auto") -> str:
+def demo_config(scope_path: str, state_file: Path, metrics: str | None = None, **daemon: object) -> str:
+    """A daemon config scoped to one cgroup; ``daemon`` adds keys of the [daemon] table."""
+    settings = {"mode": "affinity", "probe": "auto", "state_file": str(state_file), **daemon}
+    body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
     metrics_part = f'enabled = true\naddress = "{metrics}"' if metrics else "enabled = false"
-    return (
-        f'[scope]\ncgroups = ["{scope_path}"]\n'
-        f'[daemon]\nmode = "affinity"\nprobe = "{probe}"\nstate_file = "{state_file}"\n'
-        f"[metrics]\n{metrics_part}\n"
-    )
+    return f'[scope]\ncgroups = ["{scope_path}"]\n[daemon]\n{body}\n[metrics]\n{metrics_part}\n'
 
 
 def learned_available(spec: str) -> str | None:
