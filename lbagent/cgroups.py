@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,15 +37,33 @@ class Mount:
 
 
 def mounts() -> list[Mount]:
-    """Parsed /proc/self/mountinfo; re-parsed only when its text changes (it is read per placement)."""
-    with open("/proc/self/mountinfo") as f:
-        text = f.read()
-    if text != _mount_cache[0]:
-        _mount_cache[:] = [text, [_mount(line) for line in text.splitlines()]]
-    return _mount_cache[1]
+    """Parsed /proc/self/mountinfo, re-read only after the kernel reports a change.
+
+    It is consulted on every placement; the kernel flags POLLPRI on an open mountinfo whenever the
+    mount table changes, so a zero-timeout poll tells whether the cached table is still right.
+    """
+    if _cache.fd is None:
+        _cache.fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        _cache.poller.register(_cache.fd, select.POLLPRI | select.POLLERR)
+        _cache.poller.poll(0)
+    elif not _cache.poller.poll(0) and _cache.table:
+        return _cache.table
+    chunks, offset = [], 0
+    while chunk := os.pread(_cache.fd, 1 << 16, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    _cache.table = [_mount(line) for line in b"".join(chunks).decode().splitlines()]
+    return _cache.table
 
 
-_mount_cache: list = ["", []]
+class _MountCache:
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.poller = select.poll()
+        self.table: list[Mount] = []
+
+
+_cache = _MountCache()
 
 
 def _mount(line: str) -> Mount:
@@ -54,13 +73,13 @@ def _mount(line: str) -> Mount:
     return Mount(Path(point), rfields[0], frozenset(rfields[2].split(",")))
 
 
-def unified_root() -> Path | None:
+def unified_root(table: list[Mount] | None = None) -> Path | None:
     """The cgroup v2 mount, or None on a v1-only host."""
-    return next((m.point for m in mounts() if m.fstype == "cgroup2"), None)
+    return next((m.point for m in table or mounts() if m.fstype == "cgroup2"), None)
 
 
-def v1_cpuset_root() -> Path | None:
-    return next((m.point for m in mounts() if m.fstype == "cgroup" and "cpuset" in m.options), None)
+def v1_cpuset_root(table: list[Mount] | None = None) -> Path | None:
+    return next((m.point for m in table or mounts() if m.fstype == "cgroup" and "cpuset" in m.options), None)
 
 
 def v2_has_cpuset(root: Path | None) -> bool:
@@ -96,13 +115,13 @@ def cpuset_allowed(pid: int) -> frozenset[int]:
         path = Path(f"/proc/{pid}/cpuset").read_text().strip()
     except FileNotFoundError:
         raise ProcessLookupError(pid) from None
-    v2 = unified_root()
+    table = mounts()
+    v2, v1 = unified_root(table), v1_cpuset_root(table)
     candidates = []
-    if v2_has_cpuset(v2):
-        candidates.append(v2 / path.lstrip("/") / "cpuset.cpus.effective")
-    v1 = v1_cpuset_root()
     if v1 is not None:
         candidates.append(v1 / path.lstrip("/") / "cpuset.effective_cpus")
+    elif v2 is not None:  # no v1 cpuset mount: the controller (if any) lives on v2
+        candidates.append(v2 / path.lstrip("/") / "cpuset.cpus.effective")
     for c in candidates:
         try:
             return parse_cpulist(c.read_text())

@@ -169,8 +169,9 @@ class HostView:
                 util[s] += c.util
                 count[s] += 1
         util = np.where(count > 0, util / np.maximum(count, 1), 0.0)
-        window = max(snap.window_ns, 1)
-        placed = np.bincount([s for t, s in recent if now_ns - t <= window], minlength=m)[:m].astype(float)
+        while recent and now_ns - recent[0][0] > max(snap.window_ns, 1):
+            recent.popleft()  # placements older than the window no longer count
+        placed = np.bincount([s for _, s in recent], minlength=m)[:m].astype(float)
         work_left = np.zeros(m)
         for t in live.values():
             if t.slot is not None:

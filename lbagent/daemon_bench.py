@@ -19,12 +19,16 @@ from pathlib import Path
 import psutil
 
 from lbagent import cgroups, workload
-from lbagent.demo import DaemonProcess, demo_config
+from lbagent.demo import UNIT_NICE, DaemonProcess, demo_config
 from lbagent.errors import UserError
 from lbagent.metrics import histogram_quantile, parse, scrape
 
 BENCH_CGROUP = "lbagent-bench"
 TASK_WORK = 0.0005
+TASK_HOLD = 0.02
+"""Each task sleeps 20 ms first: alive when the daemon places it, yet 500/s cost little CPU."""
+RUNTIME_DIR = "/dev/shm"
+"""The state file goes on a tmpfs, as /run is on a systemd host (its fsync is then free)."""
 
 
 def free_port() -> int:
@@ -63,14 +67,14 @@ def measure(rate: float, seconds: float, policy: str, probe: str) -> dict:
     root = cgroups.unified_root()
     if root is None:
         raise UserError("bench daemon needs a cgroup v2 mount for its workload cgroup")
-    tasks = [workload.Task(round(i / rate, 6), TASK_WORK) for i in range(int(rate * seconds))]
+    tasks = [workload.Task(round(i / rate, 6), TASK_WORK, TASK_HOLD) for i in range(int(rate * seconds))]
     cg = root / BENCH_CGROUP
     cg.mkdir(exist_ok=True)
     address = f"127.0.0.1:{free_port()}"
     try:
-        with tempfile.TemporaryDirectory(prefix="lbagent-bench-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="lbagent-bench-", dir=RUNTIME_DIR) as tmp:
             config = demo_config("/" + cg.name, Path(tmp) / "state.json", metrics=address, probe=probe)
-            daemon = DaemonProcess(config, policy, Path(tmp))
+            daemon = DaemonProcess(config, policy, Path(tmp), UNIT_NICE)
             try:
                 idle_rss = psutil.Process(daemon.proc.pid).memory_info().rss / 2**20
                 sampler = Sampler(daemon.proc.pid)

@@ -26,6 +26,8 @@ from lbagent.errors import UserError
 
 DEMO_CGROUP = "lbagent-demo"
 READY_TIMEOUT = 15.0
+UNIT_NICE = -10
+"""The priority systemd/lbagent.service gives the daemon (Nice=); demo and bench run it the same way."""
 
 
 @dataclass
@@ -40,7 +42,7 @@ class Row:
 class DaemonProcess:
     """A real ``lbagent run`` subprocess, started and confirmed READY through ``$NOTIFY_SOCKET``."""
 
-    def __init__(self, config_text: str, policy: str | None, workdir: Path, extra_env: dict | None = None) -> None:
+    def __init__(self, config_text: str, policy: str | None, workdir: Path, nice: int = 0) -> None:
         self.config = workdir / "lbagent.toml"
         self.config.write_text(config_text)
         self.log_path = workdir / f"daemon-{(policy or 'config').replace('/', '_')}.log"
@@ -48,13 +50,13 @@ class DaemonProcess:
         self.sock_path.unlink(missing_ok=True)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(self.sock_path))
-        env = dict(os.environ, NOTIFY_SOCKET=str(self.sock_path), **(extra_env or {}))
+        env = dict(os.environ, NOTIFY_SOCKET=str(self.sock_path))
         self.log = open(self.log_path, "w")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lbagent.cli", "run", "--config", str(self.config)]
             + (["--policy", policy] if policy else []),
-            env=env, stderr=self.log, stdout=subprocess.DEVNULL,
+            env=env, stderr=self.log, stdout=subprocess.DEVNULL, preexec_fn=(lambda: os.nice(nice)) if nice else None,
         )
         self.ready_after = self._wait_ready()
 
@@ -114,7 +116,7 @@ def run_row(name: str, policy: str | None, tasks: list[workload.Task], cg: Path,
     daemon = None
     try:
         if policy is not None:
-            daemon = DaemonProcess(demo_config("/" + cg.name, workdir / "state.json"), policy, workdir)
+            daemon = DaemonProcess(demo_config("/" + cg.name, workdir / "state.json"), policy, workdir, UNIT_NICE)
         results = workload.run(tasks, cg, timeout=max(t.at for t in tasks) + 60)
     finally:
         noisy.stop()
@@ -143,7 +145,7 @@ def main(seconds: float, seed: int, heuristic: str, learned: str, json_path: str
     cg = root / DEMO_CGROUP
     cg.mkdir(exist_ok=True)
     try:
-        with tempfile.TemporaryDirectory(prefix="lbagent-demo-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="lbagent-demo-", dir="/dev/shm") as tmp:
             for name, policy in plan:
                 why_not = learned_available(policy) if policy == learned else None
                 if why_not:

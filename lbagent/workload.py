@@ -30,6 +30,8 @@ class Task:
     """Seconds after the start of the run."""
     work: float
     """CPU seconds the task burns."""
+    hold: float = 0.0
+    """Seconds the task sleeps first (the latency benchmark needs tasks that live past the daemon's reaction)."""
 
 
 def make_schedule(
@@ -82,6 +84,7 @@ def generate(tasks: list[Task], cgroup_procs: str | None) -> list[tuple[float, f
             pid = os.fork()
             if pid == 0:
                 try:
+                    time.sleep(tasks[i].hold)
                     burn(tasks[i].work)
                 finally:
                     os._exit(0)
@@ -102,7 +105,7 @@ def generate(tasks: list[Task], cgroup_procs: str | None) -> list[tuple[float, f
 
 def run(tasks: list[Task], cgroup_dir: Path | None, timeout: float) -> list[tuple[float, float]]:
     """Run the generator as a child process (so only it and its tasks join the cgroup)."""
-    payload = json.dumps({"tasks": [[t.at, t.work] for t in tasks],
+    payload = json.dumps({"tasks": [[t.at, t.work, t.hold] for t in tasks],
                           "cgroup_procs": str(cgroup_dir / "cgroup.procs") if cgroup_dir else None})
     out = subprocess.run([sys.executable, "-m", "lbagent.workload"], input=payload, capture_output=True,
                          text=True, timeout=timeout, check=False)
@@ -132,7 +135,7 @@ class NoisyNeighbour:
 
 def _main() -> None:
     spec = json.loads(sys.stdin.read())
-    tasks = [Task(a, w) for a, w in spec["tasks"]]
+    tasks = [Task(a, w, h) for a, w, h in spec["tasks"]]
     json.dump(generate(tasks, spec.get("cgroup_procs")), sys.stdout)
 
 

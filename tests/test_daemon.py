@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+from collections import deque
 
 import numpy as np
 import pytest
@@ -77,7 +77,8 @@ def test_host_view_builds_the_contracts_observation():
     n = len(view.slot_masks)
     snap = Snapshot(10_000_000_000, 1_000_000_000, tuple(CpuSample(c, 1.0 + c, 0.5, 0) for c in sorted(ALL)))
     live = {7: LiveTask(7, "burn", 9_500_000_000, 0, 2.0), 8: LiveTask(8, "burn", 9_000_000_000, None, 1.0)}
-    raw = view.raw(snap, live, [(9_600_000_000, 0), (8_000_000_000, 0)], 10_000_000_000, 0.3, False, 0.01)
+    recent = deque([(8_000_000_000, 0), (9_600_000_000, 0)])
+    raw = view.raw(snap, live, recent, 10_000_000_000, 0.3, False, 0.01)
     assert raw.slot_mask[0, :n].all() and not raw.slot_mask[0, n:].any()
     assert raw.runnable[0, 0] == 1.0 and raw.util[0, 0] == 0.5
     assert raw.placed[0, 0] == 1.0  # the placement 2 s ago is outside the 1 s window
