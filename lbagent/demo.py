@@ -42,7 +42,9 @@ class Row:
 class DaemonProcess:
     """A real ``lbagent run`` subprocess, started and confirmed READY through ``$NOTIFY_SOCKET``."""
 
-    def __init__(self, config_text: str, policy: str | None, workdir: Path, nice: int = 0) -> None:
+    def __init__(
+        self, config_text: str, policy: str | None, workdir: Path, nice: int = 0, wrapper: list[str] | None = None
+    ) -> None:
         self.config = workdir / "lbagent.toml"
         self.config.write_text(config_text)
         self.log_path = workdir / f"daemon-{(policy or 'config').replace('/', '_')}.log"
@@ -54,7 +56,7 @@ class DaemonProcess:
         self.log = open(self.log_path, "w")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lbagent.cli", "run", "--config", str(self.config)]
+            [*(wrapper or []), sys.executable, "-m", "lbagent.cli", "run", "--config", str(self.config)]
             + (["--policy", policy] if policy else []),
             env=env, stderr=self.log, stdout=subprocess.DEVNULL, preexec_fn=(lambda: os.nice(nice)) if nice else None,
         )

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,3 +265,39 @@ def test_bad_policy_or_missing_scope_cgroup_exit_2_before_touching_anything(tmp_
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and out.stderr.startswith("lbagent: error: policy ") and "Traceback" not in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]
+
+
+# ------------------------------------------------------------------ the unit's restrictions, without systemd
+UNIT = Path(__file__).resolve().parent.parent / "systemd" / "lbagent.service"
+CAP_NUMBERS = {"CAP_NET_ADMIN": 12, "CAP_SYS_NICE": 23, "CAP_PERFMON": 38, "CAP_BPF": 39}
+# PR_SET_MDWE(PR_MDWE_REFUSE_EXEC_GAIN): what MemoryDenyWriteExecute=yes applies; it survives execve.
+MDWE_EXEC = [sys.executable, "-c",
+             "import ctypes, os, sys; assert ctypes.CDLL(None).prctl(65, 1, 0, 0, 0) == 0; os.execv(sys.argv[1], sys.argv[1:])"]
+
+
+def unit_capabilities() -> list[str]:
+    line = next(x for x in UNIT.read_text().splitlines() if x.startswith("CapabilityBoundingSet="))
+    return line.split("=", 1)[1].split()
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("probe, unneeded", [("bpf", "CAP_NET_ADMIN"), ("procfs", None)])
+def test_works_with_only_the_units_capabilities_and_memory_deny_write_execute(scope, probe, unneeded):
+    """The unit's bounding set (minus what this probe does not need), no_new_privs and MDWE, as systemd sets them."""
+    path, directory, tmp = scope
+    caps = [c for c in unit_capabilities() if c != unneeded]
+    wrapper = ["setpriv", "--nnp", "--bounding-set", "-all," + ",".join("+" + c[4:].lower() for c in caps), *MDWE_EXEC]
+    d = DaemonProcess(demo_config(path, tmp / "state.json", probe=probe), "round_robin", tmp, wrapper=wrapper)
+    procs = []
+    try:
+        status = Path(f"/proc/{d.proc.pid}/status").read_text()
+        bounding = int(next(x for x in status.splitlines() if x.startswith("CapBnd:")).split()[1], 16)
+        assert bounding == sum(1 << CAP_NUMBERS[c] for c in caps)
+        assert [e["probe"] for e in log_lines(d) if e["msg"] == "probe open"] == [probe]
+        procs = [spawn_in(directory, threads=1) for _ in range(2)]
+        wait_for(lambda: all(pinned(p.pid) for p in procs), what="placements under the unit's restrictions")
+        assert d.stop() == 0
+        assert all(free(p.pid) for p in procs)
+    finally:
+        for p in procs:
+            stop(p)
