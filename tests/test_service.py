@@ -47,7 +47,7 @@ def test_every_capability_is_justified_and_the_essentials_are_set():
     text = UNIT.read_text()
     settings = dict(re.findall(r"^(\w+)=(.*)$", text, re.M))
     caps = settings["CapabilityBoundingSet"].split()
-    assert caps == ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_NICE", "CAP_NET_ADMIN"]
+    assert caps == ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_NICE"]
     for cap in caps:
         assert re.search(rf"^#\s+{cap}\s+\S", text, re.M), f"{cap} has no comment line justifying it"
     assert settings["Type"] == "notify" and settings["Restart"] == "on-failure"
