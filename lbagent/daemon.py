@@ -73,19 +73,11 @@ def _warn(msg: str, **fields) -> None:
 
 # --------------------------------------------------------------------------------- policies
 def resolve_policy(spec: str, seed: int = 0):
-    """A heuristic name, a shipped policy name or a policy file; UserError names what went wrong."""
+    """A heuristic name, a shipped policy name or a policy file (numpy only); a bad one is a UserError."""
+    from lbagent.policy.files import load_policy
     from lbagent.policy.heuristics import HEURISTICS, make_heuristic
 
-    if spec in HEURISTICS:
-        return make_heuristic(spec, seed)
-    try:
-        from lbagent.policy.files import PolicyFileError, load_policy
-    except ImportError:
-        raise UserError(f"policy {spec!r}: not a heuristic ({', '.join(HEURISTICS)}) and policy files are not supported by this build") from None
-    try:
-        return load_policy(spec)
-    except PolicyFileError as e:
-        raise UserError(f"policy {spec!r}: {e}") from None
+    return make_heuristic(spec, seed) if spec in HEURISTICS else load_policy(spec)
 
 
 # --------------------------------------------------------------------------------- bookkeeping
