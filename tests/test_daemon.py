@@ -228,20 +228,35 @@ def test_dry_run_decides_and_logs_but_changes_nothing(scope):
             stop(p)
 
 
+def write_policy(path: Path, favourite: int) -> None:
+    """A real policy file (an MLP actor) whose output always prefers one action."""
+    from lbagent.policy.files import save_policy
+
+    bias = np.zeros(spaces.N_ACTIONS)
+    bias[favourite] = 10.0
+    weights = {"pi.0.weight": np.zeros((8, spaces.OBS_DIM)), "pi.0.bias": np.zeros(8),
+               "action.weight": np.zeros((spaces.N_ACTIONS, 8)), "action.bias": bias}
+    save_policy(path, weights, {"algorithm": "a2c", "arch": {"layers": 1}})
+
+
 @pytest.mark.kernel
-def test_sighup_reloads_policy_keeps_state_and_rejects_a_bad_policy(scope):
+def test_policy_file_replaced_and_sighup_keeps_state_and_rejects_a_bad_file(scope):
     path, directory, tmp = scope
-    d = DaemonProcess(demo_config(path, tmp / "state.json", policy="round_robin"), None, tmp)
+    policy = tmp / "live.policy"
+    write_policy(policy, favourite=1)
+    d = DaemonProcess(demo_config(path, tmp / "state.json", policy=str(policy)), None, tmp)
     procs = []
     try:
         procs.append(spawn_in(directory))
-        wait_for(lambda: pinned(procs[0].pid), what="first placement")
-        d.config.write_text(demo_config(path, tmp / "state.json", policy=str(tmp / "missing.policy")))
+        wait_for(lambda: set(masks(procs[0].pid).values()) == {frozenset({1})}, what="placement by the file")
+        policy.write_bytes(b"\x00garbage, not safetensors")
         d.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: any(e["msg"].startswith("reload rejected") for e in log_lines(d)), what="rejection")
+        (rejection,) = [e for e in log_lines(d) if e["msg"].startswith("reload rejected")]
+        assert str(policy) in rejection["reason"]
         procs.append(spawn_in(directory))
-        wait_for(lambda: pinned(procs[1].pid), what="placement under the old policy")
-        d.config.write_text(demo_config(path, tmp / "state.json", policy="kernel"))
+        wait_for(lambda: set(masks(procs[1].pid).values()) == {frozenset({1})}, what="placement by the old policy")
+        write_policy(policy, favourite=spaces.KERNEL)
         d.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: any(e["msg"] == "reloaded" for e in log_lines(d)), what="reload")
         procs.append(spawn_in(directory))
