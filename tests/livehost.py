@@ -94,7 +94,10 @@ def cpuset_controller_on_v2():
     try:
         deadline = time.monotonic() + 5
         while not cgroups.v2_has_cpuset(root):
-            assert time.monotonic() < deadline, "cpuset did not move to cgroup v2 (a v1 cpuset child still exists?)"
+            assert time.monotonic() < deadline, (
+                "the kernel did not hand the cpuset controller to cgroup v2 after the v1 unmount: the v1 "
+                "hierarchy is still referenced (a child cgroup, an open file or another mount namespace)"
+            )
             time.sleep(0.05)
         yield
     finally:
