@@ -121,3 +121,14 @@ def _retry(action, seconds: float) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+@contextmanager
+def sleepers(d: Path | None, n: int = 0, threads: int = 0):
+    """``n`` sleepers in cgroup ``d``; the yielded list may grow, and everything in it is stopped."""
+    procs = [spawn_in(d, threads) for _ in range(n)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            stop(p)

@@ -20,7 +20,7 @@ from lbagent.daemon import Daemon, HostView, LiveTask, SojournClock, WorkHistory
 from lbagent.daemon_bench import free_port
 from lbagent.demo import DaemonProcess, demo_config
 from lbagent.probe.types import CpuSample, EventKind, Snapshot, TaskEvent
-from livehost import masks, spawn_in, stop, v2_cgroup
+from livehost import masks, sleepers, spawn_in, stop, v2_cgroup
 
 ALL = cgroups.online_cpus()
 
@@ -90,8 +90,7 @@ def test_host_view_builds_the_contracts_observation():
 
 def test_daemon_never_imports_torch_the_simulator_or_the_agent():
     code = (
-        "import sys, lbagent.cli, lbagent.daemon, lbagent.probe.bpf, lbagent.probe.procfs, lbagent.policy.heuristics\n"
-        "try:\n    import lbagent.policy.files\nexcept ImportError:\n    pass\n"
+        "import sys, lbagent.cli, lbagent.daemon, lbagent.probe.bpf, lbagent.probe.procfs, lbagent.policy.files\n"
         "from lbagent.daemon import resolve_policy\nresolve_policy('sed')\n"
         "print([m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith(('lbagent.agent', 'lbagent.sim', 'sim'))])"
     )
@@ -159,8 +158,7 @@ def test_policy_that_always_asks_never_touches_out_of_scope_tasks(scope):
 def test_sigterm_restores_every_mask_and_exits_0(scope):
     path, directory, tmp = scope
     d = DaemonProcess(demo_config(path, tmp / "state.json"), "round_robin", tmp)
-    procs = [spawn_in(directory, threads=2) for _ in range(4)]
-    try:
+    with sleepers(directory, 4, threads=2) as procs:
         wait_for(lambda: all(pinned(p.pid) for p in procs), what="placements")
         assert {frozenset(masks(p.pid).values()) for p in procs} == {frozenset({frozenset({0})}), frozenset({frozenset({1})})}
         assert (tmp / "state.json").exists()
@@ -168,9 +166,6 @@ def test_sigterm_restores_every_mask_and_exits_0(scope):
         assert all(free(p.pid) for p in procs)
         assert not (tmp / "state.json").exists()
         assert any(e["msg"].startswith("stopped") for e in log_lines(d))
-    finally:
-        for p in procs:
-            stop(p)
 
 
 @pytest.mark.kernel
@@ -178,8 +173,7 @@ def test_kill_9_then_restart_restores_from_the_state_file(scope):
     path, directory, tmp = scope
     config = demo_config(path, tmp / "state.json")
     first = DaemonProcess(config, "round_robin", tmp)
-    procs = [spawn_in(directory, threads=1) for _ in range(3)]
-    try:
+    with sleepers(directory, 3, threads=1) as procs:
         wait_for(lambda: all(pinned(p.pid) for p in procs), what="placements")
         first.stop(signal.SIGKILL)
         assert all(pinned(p.pid) for p in procs)  # nobody restored them: the daemon died
@@ -188,9 +182,6 @@ def test_kill_9_then_restart_restores_from_the_state_file(scope):
         second = DaemonProcess(config, "kernel", tmp)
         assert all(free(p.pid) for p in procs)  # restored before READY
         assert second.stop() == 0
-    finally:
-        for p in procs:
-            stop(p)
 
 
 @pytest.mark.kernel
@@ -215,17 +206,13 @@ def test_corrupt_state_file_is_refused_and_a_safe_scan_frees_tasks(scope):
 def test_dry_run_decides_and_logs_but_changes_nothing(scope):
     path, directory, tmp = scope
     d = DaemonProcess(demo_config(path, tmp / "state.json", dry_run=True), "round_robin", tmp)
-    procs = [spawn_in(directory) for _ in range(2)]
-    try:
+    with sleepers(directory, 2) as procs:
         wait_for(lambda: sum(e["msg"] == "placement" for e in log_lines(d)) == 2, what="dry-run log lines")
         placements = [e for e in log_lines(d) if e["msg"] == "placement"]
         assert {e["tgid"] for e in placements} == {p.pid for p in procs}
         assert all(e["outcome"] == "dry_run" for e in placements)
         assert all(free(p.pid) for p in procs) and not (tmp / "state.json").exists()
         assert d.stop() == 0
-    finally:
-        for p in procs:
-            stop(p)
 
 
 def write_policy(path: Path, favourite: int) -> None:
@@ -245,9 +232,7 @@ def test_policy_file_replaced_and_sighup_keeps_state_and_rejects_a_bad_file(scop
     policy = tmp / "live.policy"
     write_policy(policy, favourite=1)
     d = DaemonProcess(demo_config(path, tmp / "state.json", policy=str(policy)), None, tmp)
-    procs = []
-    try:
-        procs.append(spawn_in(directory))
+    with sleepers(directory, 1) as procs:
         wait_for(lambda: set(masks(procs[0].pid).values()) == {frozenset({1})}, what="placement by the file")
         policy.write_bytes(b"\x00garbage, not safetensors")
         d.proc.send_signal(signal.SIGHUP)
@@ -264,9 +249,6 @@ def test_policy_file_replaced_and_sighup_keeps_state_and_rejects_a_bad_file(scop
         assert free(procs[2].pid)  # KERNEL: left alone
         assert d.stop() == 0
         assert all(free(p.pid) for p in procs)  # the placements made before the reloads were restored
-    finally:
-        for p in procs:
-            stop(p)
 
 
 def test_bad_policy_or_missing_scope_cgroup_exit_2_before_touching_anything(tmp_path):
@@ -303,16 +285,12 @@ def test_works_with_only_the_units_capabilities_and_memory_deny_write_execute(sc
     caps = unit_capabilities()
     wrapper = ["setpriv", "--nnp", "--bounding-set", "-all," + ",".join("+" + c[4:].lower() for c in caps), *MDWE_EXEC]
     d = DaemonProcess(demo_config(path, tmp / "state.json", probe=probe), "round_robin", tmp, wrapper=wrapper)
-    procs = []
-    try:
+    with sleepers(directory) as procs:
         status = Path(f"/proc/{d.proc.pid}/status").read_text()
         bounding = int(next(x for x in status.splitlines() if x.startswith("CapBnd:")).split()[1], 16)
         assert bounding == sum(1 << CAP_NUMBERS[c] for c in caps)
         assert [e["probe"] for e in log_lines(d) if e["msg"] == "probe open"] == [probe]
-        procs = [spawn_in(directory, threads=1) for _ in range(2)]
+        procs += [spawn_in(directory, threads=1) for _ in range(2)]
         wait_for(lambda: all(pinned(p.pid) for p in procs), what="placements under the unit's restrictions")
         assert d.stop() == 0
         assert all(free(p.pid) for p in procs)
-    finally:
-        for p in procs:
-            stop(p)
