@@ -36,6 +36,9 @@ from lbagent.topology import read_cpus
 
 log = logging.getLogger("lbagent.daemon")
 HISTORY_PER_COMM = 32
+MAX_COMMS = 4096
+PRUNE_INTERVAL = 5.0
+"""Seconds between sweeps for managed tasks whose exit event was lost (ring buffer full)."""
 DEFAULT_TASK_WORK = 0.05
 """Seconds: the prior for a task whose command has never been seen exit (flagged task_unknown)."""
 
@@ -103,6 +106,8 @@ class WorkHistory:
         return (float(np.mean(seen)), False) if seen else (self.overall, True)
 
     def record(self, comm: str, seconds: float) -> None:
+        if comm not in self.by_comm and len(self.by_comm) >= MAX_COMMS:
+            del self.by_comm[next(iter(self.by_comm))]  # forget the command seen first: memory stays bounded
         self.by_comm.setdefault(comm, deque(maxlen=HISTORY_PER_COMM)).append(seconds)
         self.overall += 0.05 * (seconds - self.overall)
 
@@ -220,7 +225,7 @@ class Daemon:
         self._register_metrics()
         self.snap = self.probe.snapshot()
         self.next_snapshot = time.monotonic() + config.snapshot_interval
-        self.next_watchdog = time.monotonic()
+        self.next_watchdog = self.next_prune = time.monotonic()
 
     # ---------------------------------------------------------------- start-up
     def _bind_metrics(self, config: Config) -> MetricsServer | None:
@@ -302,6 +307,9 @@ class Daemon:
         if now >= self.next_snapshot:
             self.snap = self.probe.snapshot()
             self.next_snapshot = now + self.config.snapshot_interval
+        if now >= self.next_prune:
+            self.prune()
+            self.next_prune = now + PRUNE_INTERVAL
         if self.notifier.watchdog_interval and now >= self.next_watchdog:
             self.notifier.watchdog()
             self.next_watchdog = now + self.notifier.watchdog_interval
@@ -333,11 +341,22 @@ class Daemon:
                 self.metrics.inc("lbagent_placements_total", outcome=outcome)
                 if outcome in ("placed", "dry_run"):
                     self.metrics.observe_latency((done - requests[tgid][1]) / 1e9)
+                elif outcome.startswith("refused:") and outcome != "refused:outside_cpuset":
+                    del self.live[tgid]  # not ours to manage (out of scope, kernel thread...): not counted either
+                    self.clock.leave(done)
                 else:
                     self.live[tgid].slot = None
                 if self.config.dry_run or log.isEnabledFor(logging.DEBUG):
                     log.log(logging.INFO if self.config.dry_run else logging.DEBUG, "placement",
                             extra={"fields": {"tgid": tgid, "cpus": sorted(requests[tgid][0]), "outcome": outcome}})
+
+    def prune(self) -> None:
+        """Forget managed tasks that are gone without an exit event (lost events must not leak memory)."""
+        now = time.monotonic_ns()
+        for tgid in [t for t in self.live if not os.path.exists(f"/proc/{t}")]:
+            del self.live[tgid]
+            self.clock.leave(now)
+            self.actuator.forget(tgid)
 
     def decide(self, ev: TaskEvent) -> int | None:
         """One decision for an arriving task: the slot to place it on, or None for KERNEL."""

@@ -16,7 +16,7 @@ import pytest
 
 from lbagent import cgroups, spaces
 from lbagent.config import parse_config
-from lbagent.daemon import Daemon, HostView, LiveTask, SojournClock, WorkHistory
+from lbagent.daemon import MAX_COMMS, Daemon, HostView, LiveTask, SojournClock, WorkHistory
 from lbagent.daemon_bench import free_port
 from lbagent.demo import DaemonProcess, demo_config
 from lbagent.probe.types import CpuSample, EventKind, Snapshot, TaskEvent
@@ -71,6 +71,9 @@ def test_work_history_predicts_by_command_and_flags_the_unknown():
     assert h.predict("burn") == (pytest.approx(0.3), False)
     work, unknown = h.predict("other")
     assert unknown and 0.05 < work < 0.3  # the prior moved towards what was seen
+    for i in range(MAX_COMMS):
+        h.record(f"c{i}", 0.1)
+    assert len(h.by_comm) == MAX_COMMS and "burn" not in h.by_comm  # bounded: the oldest command went
 
 
 def test_host_view_builds_the_contracts_observation():
@@ -141,6 +144,11 @@ def test_policy_that_always_asks_never_touches_out_of_scope_tasks(scope):
         daemon.handle(fake)
         assert free(outsider.pid) and masks(1) == init_before and free(os.getpid())
         assert daemon.actuator.refusals == {"out_of_scope": 1, "pid1": 1, "self": 1}
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        daemon.live[gone.pid] = LiveTask(gone.pid, "true", now, 1, 0.1)  # as if its exit event was lost
+        daemon.prune()
+        assert gone.pid not in daemon.live and len(daemon.live) == 3
         assert len(policy.rewards) >= 4 and all(r <= 0 for r in policy.rewards)
         status = subprocess.run([sys.executable, "-m", "lbagent.cli", "status", "--address", address],
                                 capture_output=True, text=True, timeout=20)
