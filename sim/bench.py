@@ -97,14 +97,65 @@ def park_rows(repeats: int = 3, scale: float = 1.0) -> list[BenchRow]:
     return rows
 
 
-ROW_MAKERS: dict[str, Callable[..., list[BenchRow]]] = {"park": park_rows}
+def _random_valid(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    return np.argmax(rng.random(mask.shape) * mask, axis=-1)
+
+
+def _host_single(steps: int) -> Runner:
+    from lbagent.sim.scenarios import load_suite, make_vector_env
+    from lbagent.sim.single import ContractEnv
+
+    env = ContractEnv(make_vector_env(load_suite("train").scenarios[0], 1, 0))
+    rng = np.random.default_rng(0)
+    state = {"mask": env.reset(seed=0)[1]["action_mask"]}
+
+    def run() -> int:
+        for _ in range(steps):
+            state["mask"] = env.step(int(_random_valid(rng, state["mask"])))[4]["action_mask"]
+        return steps
+
+    return run
+
+
+def _host_vector(num_envs: int, steps: int) -> Runner:
+    from lbagent.sim.scenarios import load_suite, make_vector_env
+
+    env = make_vector_env(load_suite("train").scenarios[0], num_envs, 0)
+    rng = np.random.default_rng(0)
+    state = {"mask": env.reset(seed=0)[1]["action_mask"]}
+
+    def run() -> int:
+        for _ in range(steps):
+            state["mask"] = env.step(_random_valid(rng, state["mask"]))[4]["action_mask"]
+        return steps * num_envs
+
+    return run
+
+
+def host_rows(repeats: int = 3, scale: float = 1.0) -> list[BenchRow]:
+    """Host dynamics on the training distribution: the single-env wrapper and the vector env.
+
+    There is no pure-Python host reference, so the ratio column is to the single-env wrapper.
+    """
+    n = max(1, int(256 * scale))
+    runners: dict[str, Runner] = {"single": _host_single(n)}
+    for b in BATCHES:
+        runners[f"vector/{b}"] = _host_vector(b, n)
+    rates = _timed(runners, repeats)
+    rows = [BenchRow("host", "single (ContractEnv)", 1, rates["single"], 1.0)]
+    rows += [BenchRow("host", "vector (numpy)", b, rates[f"vector/{b}"], rates[f"vector/{b}"] / rates["single"])
+             for b in BATCHES]
+    return rows
+
+
+ROW_MAKERS: dict[str, Callable[..., list[BenchRow]]] = {"park": park_rows, "host": host_rows}
 
 
 def render_table(rows: list[BenchRow]):
     from rich.table import Table
 
     table = Table(title="lbagent bench sim: random actions, median of interleaved chunks")
-    for col in ("dynamics", "env", "B", "steps/s", "vs pure-Python reference"):
+    for col in ("dynamics", "env", "B", "steps/s", "vs single env"):
         table.add_column(col, justify="left" if col in ("dynamics", "env") else "right")
     for r in rows:
         ratio = "" if r.vs_reference is None else f"{r.vs_reference:,.1f}x"

@@ -1,0 +1,564 @@
+"""Host dynamics: Linux-like CPUs behind the contract, vectorized over B environments.
+
+Each CPU shares its effective capacity equally among its runnable managed tasks (processor
+sharing, the fluid limit of CFS). That is simulated exactly with one *virtual time* per CPU: the
+service a task on it has received since time 0 grows at ``capacity / runnable``; a task finishes
+when the virtual time reaches its *tag* (virtual time at placement + its work). Between two
+decisions (task arrivals) time advances event by event: the next completion on any CPU, the next
+balancing tick of the kernel model, or the next arrival. One iteration handles one event for each
+environment that still has events before its next arrival, so a step costs a few array passes
+over the environments that are still busy, never a Python loop over environments or tasks.
+
+Capacity. A CPU has a base capacity (what the topology reports; the observation shows it) and a
+noisy neighbour that, while active, takes ``bg_share`` of it. Neighbours are re-drawn at decision
+points: a CPU's neighbour keeps its state for an exponential time (``bg_period`` time units on
+average) and is then active with probability ``bg_prob``. The neighbour is visible to a policy only
+through ``util`` (an idle CPU with an active neighbour is partly busy), as on a real host.
+
+The kernel model (action ``KERNEL``). At wake-up the task goes to the CPU with the lowest load per
+capacity, load = runnable managed tasks + the neighbour's share (the kernel sees the neighbour as
+load), ties to the larger capacity then the lower index. On every periodic tick
+(``balance_interval`` seconds of simulated time, 4 ms by default) the balancer moves one unpinned
+task (the most recently arrived, the most cache-cold) from the busiest CPU that has one to the
+least loaded CPU, if the destination's load per capacity after the move stays below the source's
+before it. Tasks placed on a slot are pinned and never move. A tick where no such move exists
+changes nothing, so only ticks that can matter are simulated: while no move exists, the first
+tick after the next completion (a completion is the only thing that can create one before the
+next arrival).
+
+Observation (see :mod:`lbagent.spaces`): one slot per CPU, ``capacity`` the base capacity; ``util`` and ``placed`` are
+exponentially weighted over ``util_window`` time units (util: busy fraction counting the
+neighbour; placed: count of placements); ``work_left`` is the host predictor's estimate,
+sum over the CPU's tasks of max(predicted work - service received, 0); ``task_work`` is the
+predicted work of the arriving task (true work with log-normal error, or the mean work as a prior
+with ``task_unknown`` set). The env's ``time_unit`` is its workload's mean task work in seconds,
+so work and time features are O(1) whatever the scenario's scale. ``info["raw"].extras`` carries
+the arriving task's true work and the env's clock (for tests and replay reports, never the policy).
+
+An episode is a fixed number of tasks (decisions); the last step's reward includes the drain of
+every remaining task, so an episode's rewards sum to minus the total sojourn time in time units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium
+import numpy as np
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import batch_space
+
+from lbagent import spaces
+from lbagent.sim.base import EpisodeStats
+from lbagent.sim.workload import (
+    Fixed,
+    Shift,
+    StepDraws,
+    Workload,
+    WorkloadSpace,
+    next_gap,
+    predicted_work,
+    task_work,
+)
+
+INITIAL_TASK_TABLE = 32
+MAX_TASK_TABLE = 8192
+"""Tasks in one environment at once; the table doubles on demand up to this, then refuses."""
+TICK_EPS = 1e-9
+"""Relative slack so a tick computed from a clock that sits on a tick boundary is not missed."""
+TIE_EPS = 1e-9
+"""Load-per-capacity ties go to the larger capacity (subtracted as TIE_EPS * capacity)."""
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A recorded workload: arrival times (s, ascending), true work (s at capacity 1), CPUs."""
+
+    arrival: np.ndarray
+    work: np.ndarray
+    capacities: tuple[float, ...]
+    predicted: np.ndarray | None = None
+    """The host predictor's estimate per task; None models it (log-normal error, unknown share)."""
+
+    def __post_init__(self) -> None:
+        t, w = np.asarray(self.arrival, float), np.asarray(self.work, float)
+        if t.ndim != 1 or t.shape != w.shape or t.size == 0:
+            raise ValueError(f"trace needs equal, non-empty 1-D arrival and work arrays, got {t.shape} and {w.shape}")
+        if np.any(np.diff(t) < 0) or t[0] < 0:
+            raise ValueError("trace arrival times must be non-negative and ascending")
+        if np.any(w <= 0):
+            raise ValueError("trace work must be positive")
+        if not 1 <= len(self.capacities) <= spaces.MAX_SLOTS or min(self.capacities) <= 0:
+            raise ValueError(f"trace needs 1 to {spaces.MAX_SLOTS} positive CPU capacities")
+        if self.predicted is not None and np.shape(self.predicted) != w.shape:
+            raise ValueError("trace predicted work must match the work array")
+
+
+class HostVectorEnv(gymnasium.vector.VectorEnv):
+    """B independent hosts; each trial draws a workload from ``space`` for ``episodes_per_trial`` episodes."""
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(
+        self,
+        num_envs: int,
+        seed: int = 0,
+        space: WorkloadSpace | None = None,
+        episodes_per_trial: int = 1,
+        shift: Shift | None = None,
+        trace: Trace | None = None,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+        if episodes_per_trial < 1:
+            raise ValueError(f"episodes_per_trial must be at least 1, got {episodes_per_trial}")
+        if shift is not None and not 0 < shift.at_episode < episodes_per_trial:
+            raise ValueError(f"a shift at episode {shift.at_episode} needs 1 <= it < {episodes_per_trial}")
+        self.num_envs = num_envs
+        self.space = space if space is not None else WorkloadSpace({})
+        self.episodes_per_trial = episodes_per_trial
+        self.shift = shift
+        self.trace = trace
+        self.width = self.space.max_cpus
+        if not 1 <= self.width <= spaces.MAX_SLOTS:
+            raise ValueError(f"host dynamics need 1 to {spaces.MAX_SLOTS} CPUs, got {self.width}")
+        self.single_observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (spaces.OBS_DIM,), np.float32)
+        self.single_action_space = gymnasium.spaces.Discrete(spaces.N_ACTIONS)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._raw: spaces.RawObservation | None = None
+
+    @classmethod
+    def from_trace(
+        cls,
+        arrival: np.ndarray,
+        work: np.ndarray,
+        capacities: tuple[float, ...],
+        *,
+        predicted: np.ndarray | None = None,
+        num_envs: int = 1,
+        seed: int = 0,
+        predict_noise: float = 0.3,
+        unknown_prob: float = 0.1,
+        balance_interval: float = 0.004,
+        util_window: float = 4.0,
+    ) -> "HostVectorEnv":
+        """Replay a recorded workload: one episode is the whole trace (its first arrival at its time)."""
+        trace = Trace(np.asarray(arrival, float), np.asarray(work, float), tuple(capacities), predicted)
+        space = WorkloadSpace(
+            {
+                "tasks": Fixed(int(trace.work.size)),
+                "mean_work": Fixed(float(trace.work.mean())),
+                "predict_noise": Fixed(predict_noise),
+                "unknown_prob": Fixed(0.0 if predicted is not None else unknown_prob),
+                "balance_interval": Fixed(balance_interval),
+                "util_window": Fixed(util_window),
+            },
+            capacities=trace.capacities,
+        )
+        return cls(num_envs, seed=seed, space=space, trace=trace)
+
+    # --------------------------------------------------------------------------------------------
+    # gymnasium API
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._seed = seed
+        self._rng = np.random.default_rng(self._seed)
+        B, C = self.num_envs, self.width
+        everyone = np.arange(B)
+        self.w = self.space.sample(self._rng, B, C)
+        self._trial_base = self.w.take(everyone)
+        self._shifted = self.shift.apply(self._trial_base, self._rng) if self.shift else None
+        self._alloc(B, C, int(self.w.tasks.max()))
+        draws = StepDraws.draw(self._rng, B, C)
+        self._begin_episodes(everyone, draws)
+        self._draw_pending(draws)
+        ones = np.ones(B, dtype=bool)
+        return self._observe(trial_start=ones, episode_start=ones)
+
+    def step(self, actions):
+        if self._raw is None:
+            raise RuntimeError("host sim: call reset() before step()")
+        a = spaces.validate_actions(actions, self._mask)
+        B, C = self.num_envs, self.width
+        draws = StepDraws.draw(self._rng, B, C)
+        self._place(a)
+        self.k += 1
+        ending = self.k >= self.w.tasks
+        target = np.where(ending, np.inf, self._next_arrival(draws))
+        task_time = self._advance(target, ending)
+        decay = np.exp(-(self.now - self.last)[:, None] / (self.w.util_window * self.w.mean_work)[:, None])
+        self.placed *= decay
+        rew = spaces.reward(task_time, self.w.mean_work)
+        self.ep_return += rew
+        self._redraw_background(draws)
+
+        ended = np.flatnonzero(ending)
+        episode_start = ending.copy()
+        trial_start = np.zeros(B, dtype=bool)
+        info_episodes = None
+        if ended.size:
+            info_episodes = self._episode_stats(ended)
+            trial_start[ended] = self._next_episode(ended)
+            self._begin_episodes(ended, draws.take(ended))
+        self._draw_pending(draws)
+        obs, info = self._observe(trial_start=trial_start, episode_start=episode_start)
+        if info_episodes is not None:
+            info["episode"] = info_episodes
+        truncated = np.zeros(B, dtype=bool)
+        return obs, rew, episode_start, truncated, info
+
+    # --------------------------------------------------------------------------------------------
+    # state
+
+    def _alloc(self, B: int, C: int, T: int) -> None:
+        N = INITIAL_TASK_TABLE
+        self.now = np.zeros(B)
+        self.last = np.zeros(B)
+        self.k = np.zeros(B, dtype=np.int64)
+        self.episode_index = np.zeros(B, dtype=np.int64)
+        self.ep_return = np.zeros(B)
+        self.delivered = np.zeros(B)
+        """Capacity-seconds the CPUs delivered to managed tasks since reset (work conservation)."""
+        self.V = np.zeros((B, C))
+        self.n = np.zeros((B, C), dtype=np.int64)
+        self.nu = np.zeros((B, C), dtype=np.int64)
+        self.mintag = np.full((B, C), np.inf)
+        self.minidx = np.zeros((B, C), dtype=np.int64)
+        self.capeff = np.zeros((B, C))
+        self.bg_on = np.zeros((B, C), dtype=bool)
+        self.bg = np.zeros((B, C))
+        self.util = np.zeros((B, C))
+        self.placed = np.zeros((B, C))
+        self.bal_ok = np.zeros(B, dtype=bool)
+        self.bal_src = np.zeros(B, dtype=np.int64)
+        self.bal_dst = np.zeros(B, dtype=np.int64)
+        self.t_active = np.zeros((B, N), dtype=bool)
+        self.t_cpu = np.zeros((B, N), dtype=np.int64)
+        self.t_tag = np.zeros((B, N))
+        self.t_work = np.zeros((B, N))
+        self.t_pred = np.zeros((B, N))
+        self.t_pinned = np.zeros((B, N), dtype=bool)
+        self.t_id = np.zeros((B, N), dtype=np.int64)
+        self.t_arr = np.zeros((B, N))
+        self.ep_arrival = np.zeros((B, T))
+        self.ep_exit = np.full((B, T), np.nan)
+        self.ep_work = np.zeros((B, T))
+        self.pend_work = np.zeros(B)
+        self.pend_pred = np.zeros(B)
+        self.pend_unknown = np.zeros(B, dtype=bool)
+        self._mask = np.zeros((B, spaces.N_ACTIONS), dtype=bool)
+
+    def _grow_tasks(self) -> None:
+        N = self.t_active.shape[1]
+        if 2 * N > MAX_TASK_TABLE:
+            raise RuntimeError(
+                f"host sim: more than {N} tasks in one environment at once; the workload overloads "
+                f"the CPUs (lower its load or tasks per episode)"
+            )
+        for name in ("t_active", "t_cpu", "t_tag", "t_work", "t_pred", "t_pinned", "t_id", "t_arr"):
+            old = getattr(self, name)
+            setattr(self, name, np.concatenate([old, np.zeros_like(old)], axis=1))
+
+    def _grow_episode(self, T: int) -> None:
+        pad = T - self.ep_arrival.shape[1]
+        if pad > 0:
+            B = self.num_envs
+            self.ep_arrival = np.concatenate([self.ep_arrival, np.zeros((B, pad))], axis=1)
+            self.ep_exit = np.concatenate([self.ep_exit, np.full((B, pad), np.nan)], axis=1)
+            self.ep_work = np.concatenate([self.ep_work, np.zeros((B, pad))], axis=1)
+
+    def _next_episode(self, rows: np.ndarray) -> np.ndarray:
+        """Advance the episode counter of ``rows``; a new trial draws a new workload. Returns trial starts."""
+        self.episode_index[rows] += 1
+        new_trial = self.episode_index[rows] >= self.episodes_per_trial
+        fresh = rows[new_trial]
+        if fresh.size:
+            self.episode_index[fresh] = 0
+            drawn = self.space.sample(self._rng, fresh.size, self.width)
+            self._trial_base.assign(fresh, drawn)
+            self.w.assign(fresh, drawn)
+            if self.shift is not None:
+                self._shifted.assign(fresh, self.shift.apply(drawn, self._rng))
+            self._grow_episode(int(drawn.tasks.max()))
+        if self.shift is not None:
+            shifting = rows[self.episode_index[rows] == self.shift.at_episode]
+            if shifting.size:
+                self.w.assign(shifting, self._shifted.take(shifting))
+        return new_trial
+
+    def _begin_episodes(self, rows: np.ndarray, d: StepDraws) -> None:
+        """Empty machines for ``rows``; the clock starts at 0 and jumps to the first arrival."""
+        w = self.w.take(rows)
+        self.k[rows] = 0
+        self.ep_return[rows] = 0.0
+        self.V[rows] = 0.0
+        self.n[rows] = 0
+        self.nu[rows] = 0
+        self.mintag[rows] = np.inf
+        self.t_active[rows] = False
+        self.ep_exit[rows] = np.nan
+        self.bal_ok[rows] = False
+        self.bg_on[rows] = (d.bg_v < w.bg_prob[:, None]) | w.bg_always
+        self.bg[rows] = self.bg_on[rows] * w.bg_share
+        self.capeff[rows] = w.capacity * (1.0 - self.bg[rows])
+        self.util[rows] = self.bg[rows]
+        self.placed[rows] = 0.0
+        self.last[rows] = 0.0
+        zero = np.zeros(rows.size)
+        if self.trace is not None:
+            self.now[rows] = self.trace.arrival[0]
+        else:
+            self.now[rows] = next_gap(w, zero, d)
+
+    def _next_arrival(self, d: StepDraws) -> np.ndarray:
+        if self.trace is not None:
+            return self.trace.arrival[np.minimum(self.k, self.trace.arrival.size - 1)]
+        return self.now + next_gap(self.w, self.now, d)
+
+    def _draw_pending(self, d: StepDraws) -> None:
+        """The task arriving now in each env: its true work and the host's prediction of it."""
+        if self.trace is None:
+            work = task_work(self.w, d)
+            pred, unknown = predicted_work(self.w, work, d)
+        else:
+            i = np.minimum(self.k, self.trace.work.size - 1)
+            work = self.trace.work[i]
+            pred, unknown = predicted_work(self.w, work, d)
+            if self.trace.predicted is not None:
+                pred, unknown = np.asarray(self.trace.predicted, float)[i], np.zeros_like(unknown)
+        self.pend_work, self.pend_pred, self.pend_unknown = work, pred, unknown
+
+    def _redraw_background(self, d: StepDraws) -> None:
+        period = (self.w.bg_period * self.w.mean_work)[:, None]
+        change = d.bg_u < -np.expm1(-(self.now - self.last)[:, None] / period)
+        on = np.where(change, d.bg_v < self.w.bg_prob[:, None], self.bg_on) | self.w.bg_always
+        self.bg_on = on & (self.w.capacity > 0)
+        self.bg = self.bg_on * self.w.bg_share
+        self.capeff = self.w.capacity * (1.0 - self.bg)
+
+    # --------------------------------------------------------------------------------------------
+    # placement and the kernel model
+
+    def _kernel_load(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cap = self.w.capacity[rows]
+        present = cap > 0
+        load = np.where(present, (self.n[rows] + self.bg[rows]) / np.where(present, cap, 1.0), np.inf)
+        return load, cap
+
+    def _place(self, a: np.ndarray) -> None:
+        B = self.num_envs
+        rows = np.arange(B)
+        kernel = a == spaces.KERNEL
+        load, cap = self._kernel_load(rows)
+        kernel_cpu = np.argmin(load - TIE_EPS * cap, axis=1)
+        cpu = np.where(kernel, kernel_cpu, a)
+        free = np.argmin(self.t_active, axis=1)
+        if self.t_active[rows, free].any():
+            self._grow_tasks()
+            free = np.argmin(self.t_active, axis=1)
+        tag = self.V[rows, cpu] + self.pend_work
+        self.t_active[rows, free] = True
+        self.t_cpu[rows, free] = cpu
+        self.t_tag[rows, free] = tag
+        self.t_work[rows, free] = self.pend_work
+        self.t_pred[rows, free] = self.pend_pred
+        self.t_pinned[rows, free] = ~kernel
+        self.t_id[rows, free] = self.k
+        self.t_arr[rows, free] = self.now
+        self.n[rows, cpu] += 1
+        self.nu[rows, cpu] += kernel
+        first = tag < self.mintag[rows, cpu]
+        self.mintag[rows[first], cpu[first]] = tag[first]
+        self.minidx[rows[first], cpu[first]] = free[first]
+        self.placed[rows, cpu] += 1.0
+        self.ep_arrival[rows, self.k] = self.now
+        self.ep_work[rows, self.k] = self.pend_work
+
+    def _update_balance(self, rows: np.ndarray) -> None:
+        """Cache, per env, the move the kernel's balancer would make now (if any)."""
+        if rows.size == 0:
+            return
+        load, cap = self._kernel_load(rows)
+        r = np.arange(rows.size)
+        src_key = np.where(self.nu[rows] > 0, load, -np.inf)
+        src = np.argmax(src_key, axis=1)
+        dst = np.argmin(load - TIE_EPS * cap, axis=1)
+        dst_cap = np.maximum(cap[r, dst], 1e-12)
+        after = (self.n[rows, dst] + 1 + self.bg[rows, dst]) / dst_cap
+        src_load = src_key[r, src]
+        self.bal_ok[rows] = np.isfinite(src_load) & (src != dst) & (after < src_load * (1 - TIE_EPS))
+        self.bal_src[rows] = src
+        self.bal_dst[rows] = dst
+
+    def _migrate(self, rows: np.ndarray) -> None:
+        """Apply the cached balancing move of ``rows`` (all must have one)."""
+        if rows.size == 0:
+            return
+        src, dst = self.bal_src[rows], self.bal_dst[rows]
+        movable = self.t_active[rows] & ~self.t_pinned[rows] & (self.t_cpu[rows] == src[:, None])
+        j = np.argmax(np.where(movable, self.t_arr[rows], -np.inf), axis=1)
+        tag = self.V[rows, dst] + (self.t_tag[rows, j] - self.V[rows, src])
+        self.t_tag[rows, j] = tag
+        self.t_cpu[rows, j] = dst
+        self.n[rows, src] -= 1
+        self.nu[rows, src] -= 1
+        self.n[rows, dst] += 1
+        self.nu[rows, dst] += 1
+        was_min = self.minidx[rows, src] == j
+        self._refresh_min(rows[was_min], src[was_min])
+        first = tag < self.mintag[rows, dst]
+        self.mintag[rows[first], dst[first]] = tag[first]
+        self.minidx[rows[first], dst[first]] = j[first]
+
+    def _refresh_min(self, b: np.ndarray, c: np.ndarray) -> None:
+        """Recompute the earliest-finishing task of CPU c in env b (pairs may repeat an env)."""
+        if b.size == 0:
+            return
+        mine = self.t_active[b] & (self.t_cpu[b] == c[:, None])
+        key = np.where(mine, self.t_tag[b], np.inf)
+        j = np.argmin(key, axis=1)
+        self.minidx[b, c] = j
+        self.mintag[b, c] = key[np.arange(b.size), j]
+
+    # --------------------------------------------------------------------------------------------
+    # time
+
+    def _advance(self, target: np.ndarray, draining: np.ndarray) -> np.ndarray:
+        """Run every env to ``target`` (its next arrival, or until empty when draining).
+
+        CPUs only interact through the balancer, so each round lets every CPU run on its own clock
+        up to a horizon no balancing tick can precede: the next arrival, or the first tick after
+        the balancer could have something to do. At that tick the balancer acts and a new round
+        starts. Returns the integral of tasks in the system over the advanced time (task-seconds).
+        """
+        task_time = np.zeros(self.num_envs)
+        R = np.arange(self.num_envs)
+        while R.size:
+            R = R[~draining[R] | (self.n[R].sum(axis=1) > 0)]
+            if R.size == 0:
+                break
+            H = self._horizon(R, target[R])
+            self._run_cpus(R, H, task_time)
+            ticked = R[H < target[R]]
+            self._update_balance(ticked)
+            self._migrate(ticked[self.bal_ok[ticked]])
+            R = ticked
+        return task_time
+
+    def _horizon(self, R: np.ndarray, target: np.ndarray) -> np.ndarray:
+        self._update_balance(R)
+        now = self.now[R]
+        n = self.n[R]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ttf = np.where(n > 0, np.maximum(self.mintag[R] - self.V[R], 0.0) * n / self.capeff[R], np.inf)
+        first_done = now + ttf.min(axis=1)
+        interval = self.w.balance_interval[R]
+        unpinned = self.nu[R].sum(axis=1) > 0
+        ok = self.bal_ok[R]
+        start = np.where(ok, now, first_done)
+        with np.errstate(invalid="ignore"):
+            tick = (np.floor(start / interval + TICK_EPS) + 1.0) * interval
+        return np.where(unpinned & np.isfinite(start), np.minimum(target, tick), target)
+
+    def _run_cpus(self, R: np.ndarray, H: np.ndarray, task_time: np.ndarray) -> None:
+        """Every CPU of the envs R runs on its own clock to H[R] (or until it is empty, H infinite)."""
+        rows, horizon = R, H
+        clock = np.repeat(self.now[R][:, None], self.width, axis=1)
+        live = self.w.capacity[R] > 0
+        while rows.size:
+            n = self.n[rows]
+            busy_cpu = n > 0
+            capeff = self.capeff[rows]
+            V = self.V[rows]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ttf = np.where(busy_cpu, np.maximum(self.mintag[rows] - V, 0.0) * n / capeff, np.inf)
+            gap = horizon[:, None] - clock
+            done = live & busy_cpu & (ttf <= gap)
+            dt = np.where(done, ttf, np.where(live & np.isfinite(gap), gap, 0.0))
+            task_time[rows] += (n * dt).sum(axis=1)
+            self.delivered[rows] += (np.where(busy_cpu, capeff, 0.0) * dt).sum(axis=1)
+            busy = np.where(busy_cpu, 1.0, self.bg[rows])
+            window = (self.w.util_window * self.w.mean_work)[rows]
+            self.util[rows] = busy + (self.util[rows] - busy) * np.exp(-dt / window[:, None])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                self.V[rows] = V + np.where(busy_cpu, capeff / n, 0.0) * dt
+            clock = clock + dt
+            b, c = np.nonzero(done)
+            if b.size:
+                self._complete(rows[b], c, clock[b, c])
+            keep = done.any(axis=1)
+            rows, horizon, clock, live = rows[keep], horizon[keep], clock[keep], done[keep]
+        self.now[R] = np.where(np.isfinite(H), H, self.now[R])
+
+    def _complete(self, b: np.ndarray, c: np.ndarray, t: np.ndarray) -> None:
+        """The earliest-finishing task of each (env b, CPU c) pair exits at time t."""
+        j = self.minidx[b, c]
+        self.t_active[b, j] = False
+        self.n[b, c] -= 1
+        self.nu[b, c] -= ~self.t_pinned[b, j]
+        self.ep_exit[b, self.t_id[b, j]] = t
+        self._refresh_min(b, c)
+
+    # --------------------------------------------------------------------------------------------
+    # observation and episode outcomes
+
+    def _work_left(self) -> np.ndarray:
+        """Per CPU: sum of max(predicted work - service received, 0) over its tasks (the host's estimate)."""
+        B, C = self.num_envs, self.width
+        b, j = np.nonzero(self.t_active)
+        cpu = self.t_cpu[b, j]
+        received = self.t_work[b, j] - (self.t_tag[b, j] - self.V[b, cpu])
+        est = np.maximum(self.t_pred[b, j] - received, 0.0)
+        return np.bincount(b * C + cpu, weights=est, minlength=B * C).reshape(B, C)
+
+    def _observe(self, trial_start: np.ndarray, episode_start: np.ndarray):
+        B, C = self.num_envs, self.width
+
+        def pad(x: np.ndarray) -> np.ndarray:
+            out = np.zeros((B, spaces.MAX_SLOTS), dtype=np.float64)
+            out[:, :C] = x
+            return out
+
+        present = self.w.capacity > 0
+        raw = spaces.RawObservation(
+            slot_mask=pad(present).astype(bool),
+            capacity=pad(self.w.capacity),
+            runnable=pad(self.n),
+            util=pad(self.util),
+            placed=pad(self.placed),
+            work_left=pad(self._work_left()),
+            task_work=self.pend_pred.copy(),
+            task_unknown=self.pend_unknown.copy(),
+            since_last=self.now - self.last,
+            time_unit=self.w.mean_work.copy(),
+            kernel_allowed=np.ones(B, dtype=bool),
+            extras={"true_work": self.pend_work.copy(), "time": self.now.copy()},
+        )
+        self.last = self.now.copy()
+        self._raw = raw
+        self._mask = spaces.action_mask(raw)
+        info = {
+            "raw": raw,
+            "action_mask": self._mask,
+            "trial_start": trial_start,
+            "episode_start": episode_start,
+        }
+        return spaces.encode(raw), info
+
+    def _episode_stats(self, rows: np.ndarray) -> list[EpisodeStats | None]:
+        out: list[EpisodeStats | None] = [None] * self.num_envs
+        unit = self.w.mean_work[rows]
+        fastest = self.w.capacity[rows].max(axis=1)
+        for i, b in enumerate(rows):  # one object per finished episode: the info format needs it
+            t = int(self.w.tasks[b])
+            jct_s = self.ep_exit[b, :t] - self.ep_arrival[b, :t]
+            out[b] = EpisodeStats(
+                jct=jct_s / unit[i],
+                slowdown=jct_s / (self.ep_work[b, :t] / fastest[i]),
+                episode_return=float(self.ep_return[b]),
+            )
+        return out
