@@ -170,7 +170,8 @@ class DreamerTrainer:
         a.observe(reward, info["episode_start"], info.get("trial_start"))
         self._set_current(obs, info, np.zeros(self.cfg.num_envs, bool))
         self.counters.env_steps += self.cfg.num_envs
-        if self.counters.env_steps > self.cfg.prefill:  # the train ratio counts from the first update
+        # The train ratio counts from the first update, once replay holds prefill steps and a window.
+        if self.counters.env_steps > max(self.cfg.prefill, self.cfg.seq_len * self.cfg.num_envs):
             self.counters.since_update += self.cfg.num_envs
         return [s for s in (info.get("episode") or ()) if s is not None]
 
