@@ -75,3 +75,19 @@ def test_a2c_export_reproduces_the_sb3_policy_and_its_action_remap(tmp_path):
     mask = venv.mask
     assert (mask[:, :10].all()) and not mask[:, 10:].any()
     assert mask[np.arange(2), remap_masked_actions(np.array([16, 12]), mask)].all()
+
+
+def test_sim_train_refuses_to_clobber_a_run_or_resume_nothing(tmp_path):
+    from click.testing import CliRunner
+
+    from lbagent.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["sim-train", "--preset", "smoke", "--out", str(tmp_path), "--resume"])
+    assert result.exit_code == 2 and "no checkpoint to resume" in result.output
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")
+    result = runner.invoke(main, ["sim-train", "--preset", "smoke", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "already holds a run" in result.output
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"x"
+    result = runner.invoke(main, ["sim-train", "--match-run", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "--match-run is for --algo a2c" in result.output
