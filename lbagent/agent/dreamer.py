@@ -24,6 +24,7 @@ from lbagent.agent.actor_critic import (
 )
 from lbagent.agent.config import DreamerConfig
 from lbagent.agent.nets import LN_EPS
+from lbagent.agent.teacher import bc_loss
 from lbagent.agent.world_model import LatentState, WorldModel, world_model_loss
 from lbagent.spaces import N_ACTIONS, OBS_DIM
 
@@ -75,7 +76,9 @@ class DreamerAgent(nn.Module):
         return ActorInput(hidden, batch["prev_action"][t], batch["prev_reward"][t], batch["first"][t],
                           batch["prev_valid"][t])
 
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def update(self, batch: dict[str, torch.Tensor], bc_weight: float = 0.0) -> dict[str, float]:
+        """One gradient step of world model, actor and critic; ``bc_weight`` scales the behaviour
+        cloning toward the replayed teacher actions (:mod:`lbagent.agent.teacher`)."""
         cfg = self.cfg
         loss, metrics, out = world_model_loss(
             self.wm, batch["obs"], batch["action"], batch["reward"], batch["terminal"], batch["first"]
@@ -95,6 +98,11 @@ class DreamerAgent(nn.Module):
         actor_loss, critic_loss, parts = actor_critic_update_terms(
             cfg, self.critic, self.slow_critic, traj, self.normalizer
         )
+        if bc_weight > 0.0:
+            # The first imagined decision is the actor at the replayed state itself.
+            bc = bc_loss(traj.log_probs[0], flat(batch["teacher_action"]))
+            actor_loss = actor_loss + bc_weight * bc
+            parts.update(bc_loss=bc.item(), bc_weight=bc_weight)
         for opt, loss, params in ((self.actor_opt, actor_loss, self.actor.parameters()),
                                   (self.critic_opt, critic_loss, self.critic.parameters())):
             opt.zero_grad(set_to_none=True)
