@@ -83,3 +83,16 @@ def test_replay_stores_the_teachers_action_at_every_state_and_prefill_follows_it
     assert not np.array_equal(replay["action"][16:24], replay["teacher_action"][16:24])  # the actor's own
     metrics = trainer.agent.update(trainer.replay.sample(4, 8), bc_weight(TINY, 200))
     assert metrics["bc_weight"] == pytest.approx(0.1) and metrics["bc_loss"] > 0
+
+
+def test_imagination_from_a_subset_of_starts_still_trains_actor_and_critic(tmp_path):
+    cfg = replace(TINY, imag_starts=5)
+    trainer = DreamerTrainer(Preset("smoke", "park", "park", cfg, "test"), 3, tmp_path, cfg)
+    for _ in range(12):
+        trainer.collect_step()
+    before = {k: v.clone() for k, v in trainer.agent.state_dict().items() if k.startswith(("actor.", "critic."))}
+    assert trainer.agent._imagination_starts(32).shape == (5,)
+    assert torch.equal(trainer.agent._imagination_starts(4), torch.arange(4))
+    trainer.agent.update(trainer.replay.sample(4, 8), 0.5)
+    after = trainer.agent.state_dict()
+    assert all(not torch.equal(before[k], after[k]) for k in before if k.endswith("linear.weight"))

@@ -54,6 +54,10 @@ class DreamerConfig:
     """lambda of the lambda-returns in imagination (paper: 0.95)."""
     horizon: int = 15
     """Imagination horizon in decisions (paper: 15)."""
+    imag_starts: int = 0
+    """Replayed states that imagination starts from per update, drawn at random; 0 = all
+    batch * seq_len of them (the paper). Imagination and its backward pass are ~80 % of an update on
+    a CPU, so fewer starts buy more updates (and more world-model training) per hour."""
     actor_lr: float = 3e-5
     """Adam learning rate of the actor (paper: 3e-5)."""
     critic_lr: float = 3e-5
