@@ -119,6 +119,10 @@ class DreamerConfig:
     bc_floor: float = 0.05
     """Weight the behaviour cloning decays to and keeps: a weak anchor so imagination errors of a
     small world model cannot drag the actor far below the teacher."""
+    bc_into_model: bool = False
+    """Let the behaviour-cloning gradient flow into the world model's posterior and encoder too (the
+    actor reads the latent, not the observation, so an untrained latent can hide what the teacher's
+    choice depends on, e.g. which slot has the shortest expected delay)."""
     bc_decay: int = 200_000
     """Environment step at which the behaviour-cloning weight reaches ``bc_floor``."""
 

@@ -83,11 +83,6 @@ class DreamerAgent(nn.Module):
         loss, metrics, out = world_model_loss(
             self.wm, batch["obs"], batch["action"], batch["reward"], batch["terminal"], batch["first"]
         )
-        self.model_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        metrics["model_grad_norm"] = nn.utils.clip_grad_norm_(self.wm.parameters(), cfg.model_grad_clip).item()
-        self.model_opt.step()
-
         post = out.post.detach()
         hidden = self.burn_in(post.feat(), batch)
         flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731 - (T, B, ...) -> (T*B, ...)
@@ -95,23 +90,33 @@ class DreamerAgent(nn.Module):
         inp = ActorInput(flat(hidden), flat(batch["prev_action"]), flat(batch["prev_reward"]),
                          flat(batch["first"]), flat(batch["prev_valid"]))
         mask = flat(batch["mask"])
+        self.model_opt.zero_grad(set_to_none=True)
+        self.actor_opt.zero_grad(set_to_none=True)
+        if bc_weight > 0.0:
+            # The actor at every replayed state (one step: cheap next to imagination). With
+            # ``bc_into_model`` its gradient also reaches the posterior and encoder, so the latent
+            # learns to carry what the teacher's decision depends on.
+            feat = flat(out.post.feat()) if cfg.bc_into_model else start.feat()
+            _, logits = self.actor.step(feat, inp)
+            bc = bc_loss(self.actor.log_probs(logits, mask), flat(batch["teacher_action"]))
+            loss = loss + bc_weight * bc
+            metrics.update(bc_loss=bc.item(), bc_weight=bc_weight)
+        loss.backward()
+        metrics["model_grad_norm"] = nn.utils.clip_grad_norm_(self.wm.parameters(), cfg.model_grad_clip).item()
+        self.model_opt.step()
+
         some = self._imagination_starts(mask.shape[0])
         traj = imagine(self.wm, self.actor, start.index(some), inp.index(some), mask[some], cfg.horizon)
         actor_loss, critic_loss, parts = actor_critic_update_terms(
             cfg, self.critic, self.slow_critic, traj, self.normalizer
         )
-        if bc_weight > 0.0:
-            # The actor at every replayed state (one step: cheap next to imagination).
-            _, logits = self.actor.step(start.feat(), inp)
-            bc = bc_loss(self.actor.log_probs(logits, mask), flat(batch["teacher_action"]))
-            actor_loss = actor_loss + bc_weight * bc
-            parts.update(bc_loss=bc.item(), bc_weight=bc_weight)
-        for opt, loss, params in ((self.actor_opt, actor_loss, self.actor.parameters()),
-                                  (self.critic_opt, critic_loss, self.critic.parameters())):
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, cfg.ac_grad_clip)
-            opt.step()
+        actor_loss.backward()  # on top of the behaviour-cloning gradient already in the actor
+        nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.ac_grad_clip)
+        self.actor_opt.step()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.ac_grad_clip)
+        self.critic_opt.step()
         with torch.no_grad():
             for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
                 slow.lerp_(fast, cfg.slow_critic_fraction)

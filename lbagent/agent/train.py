@@ -49,7 +49,7 @@ class Preset:
 _HOUR = DreamerConfig(
     stoch=16, classes=16, model_lr=3e-4, actor_lr=3e-4, critic_lr=1e-4, train_ratio=16.0, greedy_eval=True,
     env_steps=400_000, wall_minutes=57.0, eval_every=50_000, checkpoint_every=25_000,
-    teacher="kernel,sed", imag_starts=128,
+    teacher="kernel,sed", imag_starts=128, bc_into_model=True,
 )
 """The one-hour runs (host, park): sizes as in the docstring of DreamerConfig, a 16x16 latent so the
 per-slot state of up to 16 slots fits through the posterior, learning rates 3x the paper's because an
