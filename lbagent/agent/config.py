@@ -99,6 +99,9 @@ class DreamerConfig:
     """Evaluate and ship the actor acting greedily (posterior mode, most likely action) instead of
     sampling as it was trained. Sampling is the safe default: a barely trained actor's argmax can put
     every task on one slot; a confident actor may do better greedy. Recorded in the policy file."""
+    pick_acting: bool = False
+    """After training, also evaluate the other acting mode (greedy vs sampling) on the same held-out
+    seeds and ship whichever has the lower mean JCT (both figures go to metrics.jsonl)."""
     eval_episodes: int = 4
     """Episodes per held-out evaluation (one per held-out seed)."""
     checkpoint_every: int = 50_000
