@@ -10,6 +10,7 @@ with three busy loops exactly 3, with no sampling in between.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import time
 from pathlib import Path
@@ -98,7 +99,7 @@ class BpfProbe:
         for name, m, expected in ((".rodata", rodata, _Config), (".bss", bss, _Shared)):
             if m.value_size != ctypes.sizeof(expected):
                 raise LibbpfError(f"{name} of {self._obj.path} is {m.value_size} bytes, loader expects "
-                                  f"{ctypes.sizeof(expected)}: object and loader out of date", 22)
+                                  f"{ctypes.sizeof(expected)}: object and loader out of date", errno.EINVAL)
         rodata.set_initial_value(_Config(
             self_tgid=os.getpid(),
             filter_cgroup=bool(self.scope.cgroup_ids),
