@@ -379,3 +379,33 @@ def test_verifier_rejection_is_reported_by_its_reason(tmp_path):
     assert "\n" not in message
     assert "Permission denied" in message and "prog 'bad_switch': failed to load" in message
     assert "verifier: R0 invalid mem access 'map_value_or_null'" in message
+
+
+@pytest.fixture
+def tracefs():
+    """perf reads the sched tracepoints through tracefs, which hosts like this one do not mount at boot."""
+    path = Path("/sys/kernel/tracing")
+    mounted_here = not os.path.ismount(path)
+    if mounted_here:
+        subprocess.run(["mount", "-t", "tracefs", "nodev", str(path)], check=True)
+    yield path
+    if mounted_here:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def test_import_fresh_perf_data_end_to_end(tracefs, tmp_path):
+    """`perf sched record` of three shells, imported straight from the binary perf.data."""
+    from lbagent.trace import Arrival, Exit, import_perf_script
+
+    if shutil.which("perf") is None:
+        pytest.skip("perf not installed (make deps installs linux-perf)")
+    data = tmp_path / "perf.data"
+    work = "i=0; while [ $i -lt 5000 ]; do i=$((i+1)); done"
+    subprocess.run(["perf", "sched", "record", "-o", str(data), "--", "sh", "-c", f"for k in 1 2 3; do sh -c '{work}'; done"],
+                   check=True, capture_output=True, timeout=60)
+    trace = import_perf_script(data)
+    ours = [e for e in trace.events if isinstance(e, Arrival) and e.comm == "sh"]
+    exits = {e.pid: e for e in trace.events if isinstance(e, Exit)}
+    assert len(ours) >= 3
+    assert all(exits[a.pid].runtime > 0.001 and exits[a.pid].t > a.t for a in ours)
+    assert len(trace.header.cpus) == len(online_cpus())
