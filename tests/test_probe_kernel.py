@@ -342,7 +342,9 @@ def test_cli_probe_as_unprivileged_user_exits_2():
     )
     result = subprocess.run([sys.executable, "-c", drop_then_run], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip() == "lbagent: error: bpf probe unavailable: not root (loading BPF needs CAP_BPF and CAP_PERFMON; run as root)"
+    assert result.stderr.strip() == (
+        "lbagent: error: bpf probe unavailable: not root (loading BPF needs CAP_BPF and CAP_PERFMON; run as root)"
+    )
 
 
 def test_bench_probe_machinery_counts_exactly():

@@ -3,8 +3,8 @@ into :class:`Snapshot` and :class:`TaskEvent`.
 
 The kernel side keeps, per CPU, a time integral of the run-queue length updated at every switch and
 wakeup; a window's mean is the integral's difference divided by the window, after closing the open
-interval at "now" here (mapped to the run queue's clock by the offset the kernel side keeps). So an idle CPU reads exactly 0 and a CPU
-with three busy loops exactly 3, with no sampling in between.
+interval at "now" here (mapped to the run queue's clock by the offset the kernel side keeps). So an
+idle CPU reads exactly 0 and a CPU with three busy loops exactly 3, with no sampling in between.
 """
 
 from __future__ import annotations
