@@ -240,6 +240,106 @@ def replay_cmd(trace_path: str, policies: str, episodes: int, seed: int, json_pa
         evaluate.write_json(report, Path(json_path))
 
 
+@main.command("run")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default /etc/lbagent/lbagent.toml).")
+@click.option("--dry-run", is_flag=True, help="Decide and log every decision, change nothing.")
+@click.option("--policy", help="Override the config's policy: a heuristic, a shipped policy name or a file.")
+def run_cmd(config_path: str | None, dry_run: bool, policy: str | None) -> None:
+    """Run the agent in the foreground (what the systemd unit starts).
+
+    SIGHUP reloads config and policy; SIGTERM restores every task it changed and exits 0.
+
+    \b
+    Example:
+      sudo lbagent run --config systemd/lbagent.toml --policy sed --dry-run
+    """
+    from lbagent import daemon
+
+    sys.exit(daemon.run(config_path, dry_run=dry_run, policy=policy))
+
+
+@main.command("status")
+@click.option("--address", default="127.0.0.1:9469", show_default=True, help="The daemon's metrics address.")
+@click.option("--json", "as_json", is_flag=True, help="Print the parsed metrics as JSON.")
+def status_cmd(address: str, as_json: bool) -> None:
+    """Show what the running daemon is doing, read from its metrics endpoint.
+
+    \b
+    Example:
+      lbagent status --address 127.0.0.1:9469
+    """
+    from lbagent import status
+
+    try:
+        text = status.fetch(address)
+    except OSError as e:
+        raise UserError(f"no lbagent daemon answering at {address}: {getattr(e, 'reason', None) or e}") from None
+    click.echo(status.render(text, as_json))
+
+
+@main.group("service")
+def service_group() -> None:
+    """Install or remove the systemd unit and its default config.
+
+    \b
+    Example:
+      sudo lbagent service install
+    """
+
+
+@service_group.command("install")
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False), help="Install under this root (packaging, tests).")
+@click.option("--force", is_flag=True, help="Overwrite an existing config file (the unit is always replaced).")
+def service_install(root: str, force: bool) -> None:
+    """Put lbagent.service and lbagent.toml in place (an existing config is kept).
+
+    \b
+    Example:
+      sudo lbagent service install && sudo systemctl daemon-reload && sudo systemctl enable --now lbagent
+    """
+    from lbagent import service
+
+    for line in service.install(root, force=force):
+        click.echo(line)
+
+
+@service_group.command("uninstall")
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False), help="Remove from under this root.")
+@click.option("--purge", is_flag=True, help="Also remove the config file.")
+def service_uninstall(root: str, purge: bool) -> None:
+    """Remove the unit (and with --purge the config).
+
+    \b
+    Example:
+      sudo systemctl disable --now lbagent; sudo lbagent service uninstall
+    """
+    from lbagent import service
+
+    for line in service.uninstall(root, purge=purge):
+        click.echo(line)
+
+
+@main.command("demo")
+@click.option("--seconds", default=25.0, show_default=True, type=click.FloatRange(3, 60), help="Arrival period of each run.")
+@click.option("--seed", default=7, show_default=True, type=int)
+@click.option("--heuristic", default="sed", show_default=True, help="The heuristic row.")
+@click.option("--policy", "learned", default="default", show_default=True, help="The learned policy row.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
+def demo_cmd(seconds: float, seed: int, heuristic: str, learned: str, json_path: str | None) -> None:
+    """Run one seeded workload under the kernel alone, a heuristic and the learned policy; compare.
+
+    A bursty, heavy-tailed set of CPU-burning tasks runs in its own cgroup next to a noisy
+    neighbour that takes part of one CPU; the daemon (a real `lbagent run`) places the tasks.
+
+    \b
+    Example:
+      sudo lbagent demo --seconds 25 --seed 7
+    """
+    from lbagent import demo
+
+    demo.main(seconds=seconds, seed=seed, heuristic=heuristic, learned=learned, json_path=json_path)
+
+
 @main.command("sim-train")
 @click.option("--algo", type=click.Choice(["dreamer", "a2c"]), default="dreamer", show_default=True,
               help="DreamerV3 + RL², or stable-baselines3's A2C baseline with its defaults.")
@@ -285,7 +385,12 @@ def sim_train(algo: str, preset: str, seed: int, out: str | None, resume: bool, 
 
 @main.group("bench")
 def bench() -> None:
-    """Speed measurements (tables; --json for machines)."""
+    """Measure speed: simulator, training, policy latency, probe overhead, daemon latency.
+
+    \b
+    Example:
+      lbagent bench sim --repeats 5
+    """
 
 
 @bench.command("policy")
@@ -454,6 +559,54 @@ def experiment_forgetting(algos: str, preset: str, suite: str, scenario_a: str, 
         experiments.write_json(results, Path(json_path))
     if plot_path:
         experiments.plot_forgetting(results, Path(plot_path))
+
+
+@bench.command("sim")
+@click.option("--dynamics", default=None, help="Comma-separated dynamics to measure (default: all).")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1), help="Timed chunks per figure (the median is kept).")
+@click.option("--scale", default=1.0, show_default=True, type=click.FloatRange(0.001, 100.0), help="Chunk length (1.0: one 1000-step episode per vector chunk).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
+def bench_sim(dynamics: str | None, repeats: int, scale: float, as_json: bool) -> None:
+    """Steps per second of each simulator dynamics: the pure-Python single env (the reference)
+    and the numpy vector env at B = 1, 64 and 1024, with random actions.
+
+    \b
+    Example:
+      lbagent bench sim --dynamics park --repeats 5 --json
+    """
+    import json
+
+    from rich.console import Console
+
+    from lbagent.sim import bench as simbench
+
+    names = _csv(dynamics) if dynamics else list(simbench.ROW_MAKERS)
+    unknown = [n for n in names if n not in simbench.ROW_MAKERS]
+    if unknown:
+        raise UserError(f"--dynamics: unknown {', '.join(unknown)} (known: {', '.join(simbench.ROW_MAKERS)})")
+    rows = [row for name in names for row in simbench.ROW_MAKERS[name](repeats=repeats, scale=scale)]
+    if as_json:
+        click.echo(json.dumps({"rows": [r.to_json() for r in rows]}, indent=2))
+    else:
+        Console().print(simbench.render_table(rows))
+
+
+@bench.command("daemon")
+@click.option("--rate", default=500.0, show_default=True, type=click.FloatRange(1, 5000), help="Arrivals per second.")
+@click.option("--seconds", default=10.0, show_default=True, type=click.FloatRange(1, 600))
+@click.option("--policy", default="sed", show_default=True)
+@click.option("--probe", default="auto", show_default=True, type=click.Choice(["auto", "bpf", "procfs"]))
+@click.option("--json", "as_json", is_flag=True)
+def bench_daemon(rate: float, seconds: float, policy: str, probe: str, as_json: bool) -> None:
+    """Arrival-to-affinity latency, daemon CPU and RSS, start-to-READY time of a real `lbagent run`.
+
+    \b
+    Example:
+      sudo lbagent bench daemon --rate 500 --seconds 10 --json
+    """
+    from lbagent import daemon_bench
+
+    daemon_bench.main(rate=rate, seconds=seconds, policy=policy, probe=probe, as_json=as_json)
 
 
 if __name__ == "__main__":
