@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -101,9 +102,10 @@ def running_away_from(cpu: int):
 
 @pytest.mark.parametrize("n", [1, 3])
 def test_bpf_runq_counts_pinned_busy_loops(n):
-    """runq on CPU k = our n loops + whatever else runs there (a shared machine has other load,
-    which the balancer moves around as ours arrives: counted independently from /proc, sampled,
-    so 5 % of that foreign load is allowed on top of the 1 task of tolerance)."""
+    """runq on CPU k = our n loops + whatever else runs there. A shared machine has other load,
+    which the balancer moves around as ours arrives: it is counted independently by sampling /proc,
+    so the tolerance of 1 task widens by that sample mean's uncertainty (three standard errors and
+    5 %). On a quiet host that is nothing; the lower bound (our n loops) is always tight."""
     cpu = max(os.sched_getaffinity(0))
     probe = open_probe("bpf", Scope())
     try:
@@ -113,13 +115,14 @@ def test_bpf_runq_counts_pinned_busy_loops(n):
             foreign, end = [], time.monotonic() + 1.0
             while time.monotonic() < end:
                 foreign.append(runnable_per_cpu(exclude=ours)[cpu])
-                probe.poll(0.05)
+                probe.poll(0.005)  # sample densely: bursts of foreign load are short
             loaded = probe.snapshot()
     finally:
         probe.close()
-    others = sum(foreign) / len(foreign)
+    others = statistics.fmean(foreign)
+    uncertainty = 3 * statistics.pstdev(foreign) / len(foreign) ** 0.5 + 0.05 * others
     assert runq(loaded, cpu) >= n - 0.5
-    assert abs(runq(loaded, cpu) - n - others) <= 1 + 0.05 * others, (runq(loaded, cpu), n, others)
+    assert abs(runq(loaded, cpu) - n - others) <= 1 + uncertainty, (runq(loaded, cpu), n, others, uncertainty)
     assert next(c.util for c in loaded.cpus if c.cpu == cpu) > 0.95
 
 
