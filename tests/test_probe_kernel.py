@@ -414,3 +414,12 @@ def test_import_fresh_perf_data_end_to_end(tracefs, tmp_path):
     assert len(ours) >= 3
     assert all(exits[a.pid].runtime > 0.001 and exits[a.pid].t > a.t for a in ours)
     assert len(trace.header.cpus) == len(online_cpus())
+
+
+def test_cli_probe_table_and_auto_choice_logged():
+    result = subprocess.run([sys.executable, "-m", "lbagent.cli", "probe", "--interval", "0.3", "--duration", "0.3"],
+                            capture_output=True, text=True, timeout=30, check=True)
+    assert "using the bpf probe" in result.stderr
+    for column in ("cpu", "runq", "util", "arrivals/s", "lbagent probe (bpf)"):
+        assert column in result.stdout
+    assert sum(line.strip().startswith(("│", "|")) for line in result.stdout.splitlines()) >= len(online_cpus())
