@@ -227,6 +227,8 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.n = np.zeros((B, C), dtype=np.int64)
         self.nu = np.zeros((B, C), dtype=np.int64)
         self.mintag = np.full((B, C), np.inf)
+        """Per CPU, the smallest tag (its next task to finish) and, below, the second smallest."""
+        self.min2tag = np.full((B, C), np.inf)
         self.minidx = np.zeros((B, C), dtype=np.int64)
         self.capeff = np.zeros((B, C))
         self.bg_on = np.zeros((B, C), dtype=bool)
@@ -299,6 +301,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.n[rows] = 0
         self.nu[rows] = 0
         self.mintag[rows] = np.inf
+        self.min2tag[rows] = np.inf
         self.t_active[rows] = False
         self.ep_exit[rows] = np.nan
         self.bal_ok[rows] = False
@@ -371,9 +374,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.t_arr[rows, free] = self.now
         self.n[rows, cpu] += 1
         self.nu[rows, cpu] += kernel
-        first = tag < self.mintag[rows, cpu]
-        self.mintag[rows[first], cpu[first]] = tag[first]
-        self.minidx[rows[first], cpu[first]] = free[first]
+        self._note_tag(rows, cpu, tag, free)
         self.placed[rows, cpu] += 1.0
         self.ep_arrival[rows, self.k] = self.now
         self.ep_work[rows, self.k] = self.pend_work
@@ -401,18 +402,26 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         src, dst = self.bal_src[rows], self.bal_dst[rows]
         movable = self.t_active[rows] & ~self.t_pinned[rows] & (self.t_cpu[rows] == src[:, None])
         j = np.argmax(np.where(movable, self.t_arr[rows], -np.inf), axis=1)
-        tag = self.V[rows, dst] + (self.t_tag[rows, j] - self.V[rows, src])
+        old_tag = self.t_tag[rows, j]
+        tag = self.V[rows, dst] + (old_tag - self.V[rows, src])
         self.t_tag[rows, j] = tag
         self.t_cpu[rows, j] = dst
         self.n[rows, src] -= 1
         self.nu[rows, src] -= 1
         self.n[rows, dst] += 1
         self.nu[rows, dst] += 1
-        was_min = self.minidx[rows, src] == j
-        self._refresh_min(rows[was_min], src[was_min])
-        first = tag < self.mintag[rows, dst]
-        self.mintag[rows[first], dst[first]] = tag[first]
-        self.minidx[rows[first], dst[first]] = j[first]
+        was_front = old_tag <= self.min2tag[rows, src]
+        self._refresh_min(rows[was_front], src[was_front])
+        self._note_tag(rows, dst, tag, j)
+
+    def _note_tag(self, b: np.ndarray, c: np.ndarray, tag: np.ndarray, j: np.ndarray) -> None:
+        """Task j with ``tag`` joined CPU c of env b (distinct envs): keep its two smallest tags."""
+        first = tag < self.mintag[b, c]
+        second = ~first & (tag < self.min2tag[b, c])
+        self.min2tag[b[first], c[first]] = self.mintag[b[first], c[first]]
+        self.mintag[b[first], c[first]] = tag[first]
+        self.minidx[b[first], c[first]] = j[first]
+        self.min2tag[b[second], c[second]] = tag[second]
 
     def _refresh_min(self, b: np.ndarray, c: np.ndarray) -> None:
         """Recompute the earliest-finishing task of CPU c in env b (pairs may repeat an env)."""
@@ -421,8 +430,11 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         mine = self.t_active[b] & (self.t_cpu[b] == c[:, None])
         key = np.where(mine, self.t_tag[b], np.inf)
         j = np.argmin(key, axis=1)
+        r = np.arange(b.size)
         self.minidx[b, c] = j
-        self.mintag[b, c] = key[np.arange(b.size), j]
+        self.mintag[b, c] = key[r, j]
+        key[r, j] = np.inf
+        self.min2tag[b, c] = key.min(axis=1)
 
     # --------------------------------------------------------------------------------------------
     # time
@@ -450,19 +462,41 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         return task_time
 
     def _horizon(self, R: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """How far the CPUs of R may run on their own clocks: no balancing move can happen before.
+
+        With a move available, that is the next tick. Without one, only a completion can create
+        a move, and only on a CPU that then becomes a good enough destination: after its k-th
+        completion CPU c would take a task at load (n_c - k + 1 + bg_c) / cap_c, which must fall
+        below the busiest other CPU holding an unpinned task (loads only fall until the next
+        arrival, so today's value bounds it). Its first two completion times are exact from the
+        two smallest tags; a later k is bounded below by the second. The horizon is the first
+        tick after the earliest such completion (or the target when none can come).
+        """
         self._update_balance(R)
         now = self.now[R]
         n = self.n[R]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ttf = np.where(n > 0, np.maximum(self.mintag[R] - self.V[R], 0.0) * n / self.capeff[R], np.inf)
-        first_done = now + ttf.min(axis=1)
+        cap = self.w.capacity[R]
+        bg = self.bg[R]
+        capeff = self.capeff[R]
+        present = cap > 0
+        load = np.where(present, (n + bg) / np.where(present, cap, 1.0), -np.inf)
+        src_load = np.where(self.nu[R] > 0, load, -np.inf)
+        top = np.argmax(src_load, axis=1)
+        r = np.arange(R.size)
+        best = src_load[r, top]
+        src_load[r, top] = -np.inf
+        others = np.where(np.arange(self.width)[None, :] == top[:, None], src_load.max(axis=1)[:, None], best[:, None])
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            k = np.maximum(np.floor(n + 1 + bg - others * cap - 1e-6) + 1, 1)
+            t1 = np.maximum(self.mintag[R] - self.V[R], 0.0) * n / capeff
+            t2 = t1 + np.maximum(self.min2tag[R] - self.mintag[R], 0.0) * (n - 1) / capeff
+        can = present & (n > 0) & (k <= n)
+        enabling = np.where(can, np.where(k <= 1, t1, t2), np.inf).min(axis=1)
+        start = np.where(self.bal_ok[R], now, now + enabling)
         interval = self.w.balance_interval[R]
-        unpinned = self.nu[R].sum(axis=1) > 0
-        ok = self.bal_ok[R]
-        start = np.where(ok, now, first_done)
         with np.errstate(invalid="ignore"):
             tick = (np.floor(start / interval + TICK_EPS) + 1.0) * interval
-        return np.where(unpinned & np.isfinite(start), np.minimum(target, tick), target)
+        return np.where(np.isfinite(start), np.minimum(target, tick), target)
 
     def _run_cpus(self, R: np.ndarray, H: np.ndarray, task_time: np.ndarray) -> None:
         """Every CPU of the envs R runs on its own clock to H[R] (or until it is empty, H infinite)."""
