@@ -84,6 +84,8 @@ class Trace:
         t, w = np.asarray(self.arrival, float), np.asarray(self.work, float)
         if t.ndim != 1 or t.shape != w.shape or t.size == 0:
             raise ValueError(f"trace needs equal, non-empty 1-D arrival and work arrays, got {t.shape} and {w.shape}")
+        if not (np.isfinite(t).all() and np.isfinite(w).all()):
+            raise ValueError("trace arrival times and work must be finite numbers")
         if np.any(np.diff(t) < 0) or t[0] < 0:
             raise ValueError("trace arrival times must be non-negative and ascending")
         if np.any(w <= 0):
@@ -145,8 +147,15 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         balance_interval: float = 0.004,
         util_window: float = 4.0,
     ) -> "HostVectorEnv":
-        """Replay a recorded workload: one episode is the whole trace (its first arrival at its time)."""
-        trace = Trace(np.asarray(arrival, float), np.asarray(work, float), tuple(capacities), predicted)
+        """Replay a recorded workload: one episode is the whole trace, every row the same tasks.
+
+        Arrival times are taken relative to the first one (a recording's absolute clock does not
+        matter); ``capacities`` are the CPUs' base capacities, one slot each (at most 16: group a
+        bigger host into slots first). Without ``predicted`` the host predictor is modelled.
+        """
+        times = np.asarray(arrival, float)
+        times = times - times[0] if times.size else times
+        trace = Trace(times, np.asarray(work, float), tuple(capacities), predicted)
         space = WorkloadSpace(
             {
                 "tasks": Fixed(int(trace.work.size)),
