@@ -199,6 +199,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         ending = self.k >= self.w.tasks
         target = np.where(ending, np.inf, self._next_arrival(draws))
         task_time = self._advance(target, ending)
+        self._shrink_table()
         decay = np.exp(-(self.now - self.last)[:, None] / (self.w.util_window * self.w.mean_work)[:, None])
         self.placed *= decay
         rew = spaces.reward(task_time, self.w.mean_work)
@@ -248,6 +249,8 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.bal_src = np.zeros(B, dtype=np.int64)
         self.bal_dst = np.zeros(B, dtype=np.int64)
         self.t_active = np.zeros((B, N), dtype=bool)
+        self.hi = 0
+        """Columns of the task table in use: no env has an active task at or beyond it."""
         self.t_cpu = np.zeros((B, N), dtype=np.int64)
         self.t_tag = np.zeros((B, N))
         self.t_work = np.zeros((B, N))
@@ -273,6 +276,11 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         for name in ("t_active", "t_cpu", "t_tag", "t_work", "t_pred", "t_pinned", "t_id", "t_arr"):
             old = getattr(self, name)
             setattr(self, name, np.concatenate([old, np.zeros_like(old)], axis=1))
+
+    def _shrink_table(self) -> None:
+        """Lower the in-use bound after completions, so scans skip columns nobody occupies."""
+        used = np.flatnonzero(self.t_active[:, : self.hi].any(axis=0))
+        self.hi = int(used[-1]) + 1 if used.size else 0
 
     def _grow_episode(self, T: int) -> None:
         pad = T - self.ep_arrival.shape[1]
@@ -312,6 +320,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.mintag[rows] = np.inf
         self.min2tag[rows] = np.inf
         self.t_active[rows] = False
+        self._shrink_table()
         self.ep_exit[rows] = np.nan
         self.bal_ok[rows] = False
         self.bg_on[rows] = (d.bg_v < w.bg_prob[:, None]) | w.bg_always
@@ -368,10 +377,10 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         load, cap = self._kernel_load(rows)
         kernel_cpu = np.argmin(load - TIE_EPS * cap, axis=1)
         cpu = np.where(kernel, kernel_cpu, a)
-        free = np.argmin(self.t_active, axis=1)
-        if self.t_active[rows, free].any():
+        if self.hi == self.t_active.shape[1] and self.t_active.all(axis=1).any():
             self._grow_tasks()
-            free = np.argmin(self.t_active, axis=1)
+        free = np.argmin(self.t_active[:, : self.hi + 1], axis=1)
+        self.hi = max(self.hi, int(free.max()) + 1)
         tag = self.V[rows, cpu] + self.pend_work
         self.t_active[rows, free] = True
         self.t_cpu[rows, free] = cpu
@@ -409,8 +418,9 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         if rows.size == 0:
             return
         src, dst = self.bal_src[rows], self.bal_dst[rows]
-        movable = self.t_active[rows] & ~self.t_pinned[rows] & (self.t_cpu[rows] == src[:, None])
-        j = np.argmax(np.where(movable, self.t_arr[rows], -np.inf), axis=1)
+        used = slice(0, self.hi)
+        movable = self.t_active[rows, used] & ~self.t_pinned[rows, used] & (self.t_cpu[rows, used] == src[:, None])
+        j = np.argmax(np.where(movable, self.t_arr[rows, used], -np.inf), axis=1)
         old_tag = self.t_tag[rows, j]
         tag = self.V[rows, dst] + (old_tag - self.V[rows, src])
         self.t_tag[rows, j] = tag
@@ -436,8 +446,9 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         """Recompute the earliest-finishing task of CPU c in env b (pairs may repeat an env)."""
         if b.size == 0:
             return
-        mine = self.t_active[b] & (self.t_cpu[b] == c[:, None])
-        key = np.where(mine, self.t_tag[b], np.inf)
+        used = slice(0, self.hi)
+        mine = self.t_active[b, used] & (self.t_cpu[b, used] == c[:, None])
+        key = np.where(mine, self.t_tag[b, used], np.inf)
         j = np.argmin(key, axis=1)
         r = np.arange(b.size)
         self.minidx[b, c] = j
@@ -552,7 +563,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
     def _work_left(self) -> np.ndarray:
         """Per CPU: sum of max(predicted work - service received, 0) over its tasks (the host's estimate)."""
         B, C = self.num_envs, self.width
-        b, j = np.nonzero(self.t_active)
+        b, j = np.nonzero(self.t_active[:, : self.hi])
         cpu = self.t_cpu[b, j]
         received = self.t_work[b, j] - (self.t_tag[b, j] - self.V[b, cpu])
         est = np.maximum(self.t_pred[b, j] - received, 0.0)
