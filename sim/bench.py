@@ -30,6 +30,16 @@ def host_rows(seconds: float = 2.0, batches: tuple[int, ...] = (64, 1024), suite
     return rows
 
 
+def numpy_call_overhead_us(calls: int = 20_000) -> float:
+    """Microseconds per tiny numpy operation right now: the unit a vectorized sim's per-event cost
+    is made of, so figures from a loaded machine can be read against an idle one's (~0.5 us)."""
+    a = np.ones(8)
+    start = time.perf_counter()
+    for _ in range(calls):
+        a + 1.0
+    return (time.perf_counter() - start) / calls * 1e6
+
+
 def _row(dynamics: str, kind: str, batch: int, rate: float) -> dict:
     return {"dynamics": dynamics, "env": kind, "batch": batch, "steps_per_s": rate}
 
