@@ -54,7 +54,6 @@ from lbagent.sim.workload import (
     Fixed,
     Shift,
     StepDraws,
-    Workload,
     WorkloadSpace,
     next_gap,
     predicted_work,
