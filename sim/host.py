@@ -197,10 +197,10 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.k += 1
         ending = self.k >= self.w.tasks
         target = np.where(ending, np.inf, self._next_arrival(draws))
+        self._window = (self.w.util_window * self.w.mean_work)[:, None]  # seconds, this step
         task_time = self._advance(target, ending)
         self._shrink_table()
-        decay = np.exp(-(self.now - self.last)[:, None] / (self.w.util_window * self.w.mean_work)[:, None])
-        self.placed *= decay
+        self.placed *= np.exp(-(self.now - self.last)[:, None] / self._window)
         rew = spaces.reward(task_time, self.w.mean_work)
         self.ep_return += rew
         self._redraw_background(draws)
@@ -468,6 +468,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         """
         task_time = np.zeros(self.num_envs)
         R = np.arange(self.num_envs)
+        self._update_balance(R)
         while R.size:
             R = R[~draining[R] | (self.n[R].sum(axis=1) > 0)]
             if R.size == 0:
@@ -476,7 +477,9 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
             self._run_cpus(R, H, task_time)
             ticked = R[H < target[R]]
             self._update_balance(ticked)
-            self._migrate(ticked[self.bal_ok[ticked]])
+            moved = ticked[self.bal_ok[ticked]]
+            self._migrate(moved)
+            self._update_balance(moved)
             R = ticked
         return task_time
 
@@ -489,9 +492,9 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         below the busiest other CPU holding an unpinned task (loads only fall until the next
         arrival, so today's value bounds it). Its first two completion times are exact from the
         two smallest tags; a later k is bounded below by the second. The horizon is the first
-        tick after the earliest such completion (or the target when none can come).
+        tick after the earliest such completion (or the target when none can come). The cached
+        balancing move (``bal_ok``) must describe the current state of R.
         """
-        self._update_balance(R)
         now = self.now[R]
         n = self.n[R]
         cap = self.w.capacity[R]
@@ -535,8 +538,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
             task_time[rows] += (n * dt).sum(axis=1)
             self.delivered[rows] += (np.where(busy_cpu, capeff, 0.0) * dt).sum(axis=1)
             busy = np.where(busy_cpu, 1.0, self.bg[rows])
-            window = (self.w.util_window * self.w.mean_work)[rows]
-            self.util[rows] = busy + (self.util[rows] - busy) * np.exp(-dt / window[:, None])
+            self.util[rows] = busy + (self.util[rows] - busy) * np.exp(-dt / self._window[rows])
             with np.errstate(divide="ignore", invalid="ignore"):
                 self.V[rows] = V + np.where(busy_cpu, capeff / n, 0.0) * dt
             clock = clock + dt
