@@ -216,7 +216,10 @@ class Daemon:
         self.policy.begin_trial(1, 0)
         self.server = self._bind_metrics(config)
         try:
-            self.actuator = Actuator(config.mode, config.scope, StateFile(config.state_file), dry_run=config.dry_run)
+            state = StateFile(config.state_file)
+            if not config.dry_run:
+                state.lock()
+            self.actuator = Actuator(config.mode, config.scope, state, dry_run=config.dry_run)
             self.probe = self._open_probe(config)
         except BaseException:
             if self.server is not None:
@@ -250,6 +253,10 @@ class Daemon:
     def recover(self) -> None:
         """Undo what a previous daemon left behind: from its state file, or by a safe scan."""
         path = self.actuator.state.path
+        if self.config.dry_run:
+            if path.exists():
+                _warn("dry run: leaving the state file and the tasks it records as they are", state_file=str(path))
+            return
         try:
             previous = StateFile.load(path)
         except StateFileError as e:

@@ -8,17 +8,20 @@ id, because after a reboot every task it describes is gone and PIDs mean somethi
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lbagent.errors import UserError
 
 FORMAT = "lbagent-state"
 VERSION = 1
 MAX_STATE_BYTES = 64 << 20
 
 
-class StateFileError(ValueError):
+class StateFileError(UserError):
     """The state file cannot be trusted (corrupt, truncated, foreign): one line saying why."""
 
 
@@ -62,6 +65,17 @@ class StateFile:
     def __init__(self, path: str | Path, placements: dict[int, Placement] | None = None) -> None:
         self.path = Path(path)
         self.placements: dict[int, Placement] = placements or {}
+
+    def lock(self) -> None:
+        """Hold ``<state>.lock`` for the process's lifetime: two daemons must never share one record."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateFileError(f"state file {self.path}: another lbagent daemon is using it (its lock is held)") from None
+        self._lock_fd = fd
 
     def save(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
