@@ -89,10 +89,10 @@ def forgetting(algo: str, preset_name: str, suite_name: str, scenario_a: str, sc
                       checkpoint_every=10**12)
         trainer = DreamerTrainer(preset, seed, out, cfg, env=env_of(a))
         trainer.run(until_env_steps=env_steps)
-        after_a = score(trainer.greedy_policy())
+        after_a = score(trainer.eval_policy())
         trainer.switch_env(env_of(b), seed + 1)
         trainer.run(until_env_steps=2 * env_steps)
-        after_b = score(trainer.greedy_policy())
+        after_b = score(trainer.eval_policy())
     else:
         from stable_baselines3 import A2C
 

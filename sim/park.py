@@ -268,6 +268,9 @@ class ParkLoadBalanceVectorEnv(_ParkVector):
         a = np.asarray(actions, dtype=np.int64).reshape(-1)
         if a.shape != (self.num_envs,):
             raise ValueError(f"park: expected {self.num_envs} actions, got shape {np.shape(actions)}")
+        if a.min() < 0 or a.max() >= self.params.num_servers:
+            bad = a[(a < 0) | (a >= self.params.num_servers)]
+            raise ValueError(f"park: actions must lie in [0, {self.params.num_servers}), got {bad.tolist()}")
         return a
 
     def _reward(self, park_reward: np.ndarray, actions: np.ndarray) -> np.ndarray:
@@ -334,7 +337,6 @@ class ParkContractVectorEnv(_ParkVector):
         self._episodes_in_trial = 0
         self._trial_start = True
         self._prev_time = np.zeros(B, dtype=np.int64)
-        self._prev_busy = np.zeros((B, S), dtype=np.int64)
         self._placed = np.zeros((B, S))
         self._return = np.zeros(B)
 
@@ -352,11 +354,10 @@ class ParkContractVectorEnv(_ParkVector):
     def _episode_end(self, reward: np.ndarray) -> dict[str, Any]:
         e = self.engine
         jct = self._jct()
-        slowdown = jct / (e.sizes[:, : e.N] / self._max_rate)
+        slowdown = jct / (e.sizes / self._max_rate)
         stats = [EpisodeStats(jct[i], slowdown[i], float(self._return[i])) for i in range(self.num_envs)]
         self._return = np.zeros(self.num_envs)
         self._prev_time = np.zeros(self.num_envs, dtype=np.int64)
-        self._prev_busy = np.zeros_like(self._prev_busy)
         self._placed = np.zeros_like(self._placed)
         self._episodes_in_trial += 1
         self._trial_start = self._episodes_in_trial % self.episodes_per_trial == 0
@@ -378,17 +379,15 @@ class ParkContractVectorEnv(_ParkVector):
     def _raw(self) -> spaces.RawObservation:
         e, B, S = self.engine, self.num_envs, self.params.num_servers
         now = e.now
-        remaining = np.maximum(e.cur_fin.reshape(B, S) - now[:, None], 0)
-        queued_size = (e.cum_size - e.cur_cum_size).reshape(B, S)
+        remaining, queued_size = e.server_state()
         queued = (e.n_assigned - e.n_started).reshape(B, S)
-        busy = e.cur_cum_dur.reshape(B, S) - remaining  # busy time since the episode began
         since = now - self._prev_time
-        util = np.where(
-            since[:, None] > 0,
-            (busy - self._prev_busy) / np.maximum(since, 1)[:, None],
-            (remaining > 0).astype(np.float64),
-        )
-        self._prev_time, self._prev_busy = now.copy(), busy
+        # A FIFO server never idles while it has work, and no job was assigned since the previous
+        # decision but the one placed at it: the server was busy from then until its last job's
+        # finish (or now).
+        busy = np.clip(e.last_fin.reshape(B, S) - self._prev_time[:, None], 0, since[:, None])
+        util = np.where(since[:, None] > 0, busy / np.maximum(since, 1)[:, None], (remaining > 0).astype(np.float64))
+        self._prev_time = now.copy()
 
         def pad(x: np.ndarray) -> np.ndarray:
             out = np.zeros((B, spaces.MAX_SLOTS))

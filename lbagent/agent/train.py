@@ -1,8 +1,8 @@
 """``lbagent sim-train``: meta-training DreamerV3 + RL² over a scenario distribution in the vector sim.
 
 One run = collect decisions with the numpy actor (sampling), store them with the actor's memory in
-replay, and do one gradient update every ``update_every`` environment steps; evaluate the greedy
-actor on held-out seeds now and then; checkpoint everything that influences the future (weights,
+replay, and do one gradient update every ``update_every`` environment steps; evaluate the actor on
+held-out seeds now and then; checkpoint everything that influences the future (weights,
 optimizers, replay, the envs with their RNGs, numpy and torch RNG states) so a resumed run is
 bit-for-bit the uninterrupted one; finally write a policy file.
 
@@ -170,12 +170,14 @@ class DreamerTrainer:
         a.observe(reward, info["episode_start"], info.get("trial_start"))
         self._set_current(obs, info, np.zeros(self.cfg.num_envs, bool))
         self.counters.env_steps += self.cfg.num_envs
-        self.counters.since_update += self.cfg.num_envs
+        if self.counters.env_steps > self.cfg.prefill:  # the train ratio counts from the first update
+            self.counters.since_update += self.cfg.num_envs
         return [s for s in (info.get("episode") or ()) if s is not None]
 
-    def greedy_policy(self, reset_each_episode: bool = False) -> DreamerActor:
+    def eval_policy(self, reset_each_episode: bool = False) -> DreamerActor:
+        """The actor as it will ship (greedy or sampling per ``greedy_eval``), on its own RNG."""
         return DreamerActor(self.agent.export_weights(), self.agent.arch(), name="dreamer",
-                            greedy=True, reset_each_episode=reset_each_episode)
+                            greedy=self.cfg.greedy_eval, reset_each_episode=reset_each_episode)
 
     # -- the loop
     def run(self, until_env_steps: int | None = None, log: Callable[[dict], None] | None = None,
@@ -194,7 +196,7 @@ class DreamerTrainer:
                 train_jct.append(stats.mean_jct)
             if on_progress:
                 on_progress(c.env_steps)
-            while c.env_steps >= cfg.prefill and c.since_update >= cfg.update_every:
+            while c.since_update >= cfg.update_every:
                 c.since_update -= cfg.update_every
                 metrics = self.agent.update(self.replay.sample(cfg.batch, cfg.seq_len))
                 self.actor.set_weights(self.agent.export_weights())
@@ -225,7 +227,7 @@ class DreamerTrainer:
         c, cfg = self.counters, self.cfg
         if c.baseline is None:
             c.baseline = evaluate_actor(make_heuristic("random", EVAL_SEED), self.preset.eval_suite, cfg.eval_episodes)
-        result = evaluate_actor(self.greedy_policy(), self.preset.eval_suite, cfg.eval_episodes)
+        result = evaluate_actor(self.eval_policy(), self.preset.eval_suite, cfg.eval_episodes)
         record = {"kind": "eval", "env_steps": c.env_steps, "updates": c.updates, "suite": self.preset.eval_suite,
                   "episodes": cfg.eval_episodes, "seed": EVAL_SEED, "mean_jct": result["mean_jct"],
                   "p99_jct": result["p99_jct"], "random_mean_jct": c.baseline["mean_jct"],
@@ -275,7 +277,7 @@ class DreamerTrainer:
         from lbagent.policy.files import save_policy
 
         meta = {
-            "algorithm": "dreamer", "arch": self.agent.arch(), "preset": self.preset.name, "seed": self.seed,
+            "algorithm": "dreamer", "arch": {**self.agent.arch(), "greedy": self.cfg.greedy_eval}, "preset": self.preset.name, "seed": self.seed,
             "command": command, "train_suite": self.preset.train_suite, "evaluation": evaluation,
             "training": {"env_steps": self.counters.env_steps, "updates": self.counters.updates,
                          "wall_minutes": round(self.counters.wall_seconds / 60.0, 2), "config": self.cfg.to_dict()},

@@ -113,8 +113,11 @@ def _check_metadata(path: Path, meta: dict) -> None:
         raise PolicyFileError(f"{path}: metadata lacks the 'arch' table")
 
 
-def load_policy(name_or_path: str | os.PathLike, greedy: bool = True, reset_each_episode: bool = False):
-    """A ready :class:`lbagent.policy.Policy` from a shipped name or a file, in numpy."""
+def load_policy(name_or_path: str | os.PathLike, greedy: bool | None = None, reset_each_episode: bool = False):
+    """A ready :class:`lbagent.policy.Policy` from a shipped name or a file, in numpy.
+
+    ``greedy=None`` acts as the file says (``arch.greedy``, recorded by the trainer); a sampling
+    policy draws from an RNG seeded by ``begin_trial``, so evaluations stay reproducible."""
     from lbagent.policy.numpy_actor import DreamerActor, MlpActor
 
     weights, meta = read_policy_file(name_or_path)
@@ -122,6 +125,7 @@ def load_policy(name_or_path: str | os.PathLike, greedy: bool = True, reset_each
     name = Path(str(name_or_path)).stem if os.sep in str(name_or_path) else str(name_or_path)
     try:
         if meta["algorithm"] == "dreamer":
+            greedy = bool(meta["arch"].get("greedy", False)) if greedy is None else greedy
             policy = DreamerActor(weights, meta["arch"], name=name, greedy=greedy,
                                   reset_each_episode=reset_each_episode)
         else:
