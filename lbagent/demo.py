@@ -26,7 +26,7 @@ from lbagent.errors import UserError
 
 DEMO_CGROUP = "lbagent-demo"
 READY_TIMEOUT = 15.0
-UNIT_NICE = -10
+UNIT_NICE = -20
 """The priority systemd/lbagent.service gives the daemon (Nice=); demo and bench run it the same way."""
 
 
