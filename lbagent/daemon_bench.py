@@ -78,7 +78,7 @@ def measure(rate: float, seconds: float, policy: str, probe: str) -> dict:
             try:
                 idle_rss = psutil.Process(daemon.proc.pid).memory_info().rss / 2**20
                 sampler = Sampler(daemon.proc.pid)
-                results = workload.run(tasks, cg, timeout=seconds + 60)
+                results = workload.run(tasks, cg)
                 time.sleep(0.2)  # the last exits reach the daemon
                 peak_rss, cpu = sampler.finish()
                 metrics = parse(scrape(address))
