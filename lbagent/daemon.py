@@ -103,7 +103,7 @@ class WorkHistory:
 
     def predict(self, comm: str) -> tuple[float, bool]:
         seen = self.by_comm.get(comm)
-        return (float(np.mean(seen)), False) if seen else (self.overall, True)
+        return (sum(seen) / len(seen), False) if seen else (self.overall, True)
 
     def record(self, comm: str, seconds: float) -> None:
         if comm not in self.by_comm and len(self.by_comm) >= MAX_COMMS:
