@@ -28,8 +28,18 @@ DEMO_CGROUP = "lbagent-demo"
 READY_TIMEOUT = 15.0
 DRAIN_LIMIT = 15.0
 """Seconds a run may take after its last arrival: three runs stay within 3 minutes on a busy host."""
-UNIT_NICE = -20
-"""The priority systemd/lbagent.service gives the daemon (Nice=); demo and bench run it the same way."""
+UNIT_RT_PRIORITY = 1
+"""The real-time priority systemd/lbagent.service gives the daemon; demo and bench run it the same way."""
+UNIT_RTTIME_US = (2_000_000, 3_000_000)
+"""Its RLIMIT_RTTIME (LimitRTTIME=): CPU time without blocking before the kernel stops a runaway."""
+
+
+def as_the_unit_schedules_it() -> None:
+    """In the child before exec: SCHED_FIFO priority 1, reset on fork, RLIMIT_RTTIME, as systemd does."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_RTTIME, UNIT_RTTIME_US)
+    os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(UNIT_RT_PRIORITY))
 
 
 @dataclass
@@ -45,7 +55,8 @@ class DaemonProcess:
     """A real ``lbagent run`` subprocess, started and confirmed READY through ``$NOTIFY_SOCKET``."""
 
     def __init__(
-        self, config_text: str, policy: str | None, workdir: Path, nice: int = 0, wrapper: list[str] | None = None
+        self, config_text: str, policy: str | None, workdir: Path, unit_scheduling: bool = False,
+        wrapper: list[str] | None = None,
     ) -> None:
         self.config = workdir / "lbagent.toml"
         self.config.write_text(config_text)
@@ -60,7 +71,7 @@ class DaemonProcess:
         self.proc = subprocess.Popen(
             [*(wrapper or []), sys.executable, "-m", "lbagent.cli", "run", "--config", str(self.config)]
             + (["--policy", policy] if policy else []),
-            env=env, stderr=self.log, stdout=subprocess.DEVNULL, preexec_fn=(lambda: os.nice(nice)) if nice else None,
+            env=env, stderr=self.log, stdout=subprocess.DEVNULL, preexec_fn=as_the_unit_schedules_it if unit_scheduling else None,
         )
         self.ready_after = self._wait_ready()
 
@@ -120,7 +131,7 @@ def run_row(name: str, policy: str | None, tasks: list[workload.Task], cg: Path,
     daemon = None
     try:
         if policy is not None:
-            daemon = DaemonProcess(demo_config("/" + cg.name, workdir / "state.json"), policy, workdir, UNIT_NICE)
+            daemon = DaemonProcess(demo_config("/" + cg.name, workdir / "state.json"), policy, workdir, True)
         results = workload.run(tasks, cg, drain=DRAIN_LIMIT)
     finally:
         noisy.stop()

@@ -304,11 +304,11 @@ def unit_capabilities() -> list[str]:
 @pytest.mark.kernel
 @pytest.mark.parametrize("probe", ["bpf", "procfs"])
 def test_works_with_only_the_units_capabilities_and_memory_deny_write_execute(scope, probe):
-    """The unit's capability bounding set, no_new_privs and MDWE, as systemd applies them."""
+    """The unit's capability bounding set, no_new_privs, MDWE and real-time scheduling, as systemd applies them."""
     path, directory, tmp = scope
     caps = unit_capabilities()
     wrapper = ["setpriv", "--nnp", "--bounding-set", "-all," + ",".join("+" + c[4:].lower() for c in caps), *MDWE_EXEC]
-    d = DaemonProcess(demo_config(path, tmp / "state.json", probe=probe), "round_robin", tmp, wrapper=wrapper)
+    d = DaemonProcess(demo_config(path, tmp / "state.json", probe=probe), "round_robin", tmp, True, wrapper)
     with sleepers(directory) as procs:
         status = Path(f"/proc/{d.proc.pid}/status").read_text()
         bounding = int(next(x for x in status.splitlines() if x.startswith("CapBnd:")).split()[1], 16)
