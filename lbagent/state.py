@@ -9,6 +9,7 @@ id, because after a reboot every task it describes is gone and PIDs mean somethi
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -25,7 +26,9 @@ class StateFileError(UserError):
     """The state file cannot be trusted (corrupt, truncated, foreign): one line saying why."""
 
 
+@functools.cache
 def boot_id() -> str:
+    """Constant until the next boot, so read once (the state file is written per placement batch)."""
     return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
@@ -65,6 +68,7 @@ class StateFile:
     def __init__(self, path: str | Path, placements: dict[int, Placement] | None = None) -> None:
         self.path = Path(path)
         self.placements: dict[int, Placement] = placements or {}
+        self._dir_ready = False
 
     def lock(self) -> None:
         """Hold ``<state>.lock`` for the process's lifetime: two daemons must never share one record."""
@@ -78,7 +82,9 @@ class StateFile:
         self._lock_fd = fd
 
     def save(self) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self._dir_ready:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._dir_ready = True
         body = json.dumps(
             {
                 "format": FORMAT,
