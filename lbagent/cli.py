@@ -320,7 +320,7 @@ def service_uninstall(root: str, purge: bool) -> None:
 
 
 @main.command("demo")
-@click.option("--seconds", default=25.0, show_default=True, type=click.FloatRange(3, 60), help="Arrival period of each run.")
+@click.option("--seconds", default=20.0, show_default=True, type=click.FloatRange(3, 40), help="Arrival period of each run.")
 @click.option("--seed", default=7, show_default=True, type=int)
 @click.option("--heuristic", default="sed", show_default=True, help="The heuristic row.")
 @click.option("--policy", "learned", default="default", show_default=True, help="The learned policy row.")
@@ -333,7 +333,7 @@ def demo_cmd(seconds: float, seed: int, heuristic: str, learned: str, json_path:
 
     \b
     Example:
-      sudo lbagent demo --seconds 25 --seed 7
+      sudo lbagent demo --seconds 20 --seed 7
     """
     from lbagent import demo
 
