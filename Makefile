@@ -60,5 +60,8 @@ demo: deps venv bpf
 bench: venv bpf
 	$(VENV)/bin/lbagent bench sim
 
+install-service: venv-base
+	$(VENV)/bin/lbagent service install
+
 clean:
 	rm -rf $(VENV) $(BPF_OBJ) $(VMLINUX_H) build *.egg-info

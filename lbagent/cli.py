@@ -40,6 +40,73 @@ def main() -> None:
     """
 
 
+PROBE_CHOICE = click.Choice(["auto", "bpf", "procfs"])
+
+
+def _setup_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="lbagent: %(message)s")
+
+
+def _open_probe(kind: str, scope=None):
+    """A probe; ProbeUnavailable (a UserError) becomes one line and exit code 2."""
+    from lbagent.probe import open_probe
+
+    _setup_logging()
+    return open_probe(kind, scope)
+
+
+def _probe_table(snapshot, t: float, kind: str):
+    from rich.table import Table
+
+    window = snapshot.window_ns / 1e9
+    table = Table(title=f"lbagent probe ({kind})  t={t:.1f}s  lost={snapshot.lost}")
+    for column in ("cpu", "runq", "util", "arrivals/s"):
+        table.add_column(column, justify="right")
+    for c in snapshot.cpus:
+        table.add_row(str(c.cpu), f"{c.runq:.2f}", f"{c.util:.0%}", f"{c.arrivals / window:.1f}")
+    return table
+
+
+@main.command()
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(min=0.01), help="Window, s.")
+@click.option("--duration", default=None, type=click.FloatRange(min=0), help="Stop after S seconds (default: Ctrl-C).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per window on stdout.")
+@click.option("--probe", "kind", default="auto", show_default=True, type=PROBE_CHOICE)
+def probe(interval: float, duration: float | None, as_json: bool, kind: str) -> None:
+    """Watch the scheduler per CPU: mean run-queue length, utilization and new tasks per window.
+
+    With --json each line is {"t", "probe", "cpus": [{"cpu", "runq", "util", "arrivals"}], "lost"}
+    where runq is the window's mean number of runnable tasks and arrivals the window's new tasks.
+
+    \b
+    Example:
+      lbagent probe --interval 0.5 --duration 10 --json --probe bpf
+    """
+    import json
+    import time
+
+    from lbagent.probe.stream import snapshot_record, windows
+
+    p = _open_probe(kind)
+    start = time.monotonic()
+    try:
+        if as_json:
+            for snap, _ in windows(p, interval, duration):
+                click.echo(json.dumps(snapshot_record(snap, time.monotonic() - start, p.kind)))
+        else:
+            from rich.live import Live
+
+            with Live(auto_refresh=False) as live:
+                for snap, _ in windows(p, interval, duration):
+                    live.update(_probe_table(snap, time.monotonic() - start, p.kind), refresh=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        p.close()
+
+
 def _csv(value: str) -> list[str]:
     items = [v.strip() for v in value.split(",") if v.strip()]
     if not items:
@@ -90,6 +157,196 @@ def eval_cmd(suite: str, policies: str, episodes: int, seed: int, json_path: str
         evaluate.plot(report, Path(plot_path))
 
 
+def _scope(cgroups: tuple[str, ...], comms: tuple[str, ...], uids: tuple[int, ...]):
+    """A Scope from command-line names: cgroup directories become their v2 ids (inode numbers)."""
+    import os
+
+    from lbagent.probe.types import Scope
+
+    ids = set()
+    for path in cgroups:
+        try:
+            ids.add(os.stat(path).st_ino)
+        except OSError as exc:
+            raise UserError(f"--scope-cgroup {path}: {exc.strerror}") from None
+    return Scope(cgroup_ids=frozenset(ids), comms=frozenset(comms), uids=frozenset(uids))
+
+
+@main.command()
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Trace file (.jsonl or .jsonl.gz).")
+@click.option("--duration", type=click.FloatRange(min=0.01), help="Seconds to record from the live probe.")
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(min=0.01), help="Sample window, s.")
+@click.option("--probe", "kind", default="auto", show_default=True, type=PROBE_CHOICE)
+@click.option("--scope-cgroup", multiple=True, type=click.Path(exists=True, file_okay=False), help="cgroup v2 directory in scope (repeatable).")
+@click.option("--scope-comm", multiple=True, help="Command name in scope (repeatable).")
+@click.option("--scope-uid", multiple=True, type=click.IntRange(min=0), help="User id in scope (repeatable).")
+@click.option("--from-perf", type=click.Path(exists=True, dir_okay=False), help="Import `perf script` output (or a perf.data) instead.")
+def record(output, duration, interval, kind, scope_cgroup, scope_comm, scope_uid, from_perf) -> None:
+    """Record a host trace (arrivals, exits with CPU time, per-CPU samples) for `lbagent replay`.
+
+    \b
+    Examples:
+      lbagent record -o host.jsonl.gz --duration 60 --scope-cgroup /sys/fs/cgroup/unified/build
+      perf sched record -- make -j8 && lbagent record --from-perf perf.data -o make.jsonl.gz
+    """
+    from lbagent import trace
+
+    if from_perf:
+        imported = trace.import_perf_script(from_perf)
+        trace.write_trace(output, imported)
+        times, _, unfinished = imported.jobs()
+        click.echo(f"imported {len(times)} finished tasks ({unfinished} unfinished) on "
+                   f"{len(imported.header.cpus)} CPUs from {from_perf} to {output}")
+        return
+    if duration is None:
+        raise UserError("record needs --duration S (or --from-perf FILE)")
+    p = _open_probe(kind, _scope(scope_cgroup, scope_comm, scope_uid))
+    try:
+        events, samples = trace.record(p, output, duration, interval)
+        lost = p.lost()
+    finally:
+        p.close()
+    click.echo(f"recorded {events} task events and {samples} samples with the {p.kind} probe to {output} (lost {lost})")
+
+
+@main.command("replay")
+@click.argument("trace_path", metavar="TRACE", type=click.Path(dir_okay=False))
+@click.option("--policies", default="jsq,lwl,sed,po2,round_robin,random,kernel", show_default=True,
+              help="Comma-separated: heuristic names, shipped policy names or policy files.")
+@click.option("--episodes", default=4, show_default=True, type=click.IntRange(1), help="Replays per policy (predictor noise seeds).")
+@click.option("--seed", default=1000, show_default=True, type=int)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the results as JSON.")
+def replay_cmd(trace_path: str, policies: str, episodes: int, seed: int, json_path: str | None) -> None:
+    """Replay a recorded trace's arrivals and task sizes on its CPUs in the simulator, per policy.
+
+    The table is the one `lbagent eval` prints, on the trace's tasks instead of a scenario suite.
+
+    \b
+    Example:
+      lbagent replay host.jsonl.gz --policies lwl,sed,kernel --episodes 4
+    """
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from lbagent import evaluate
+    from lbagent.replay import replay, replay_jobs
+    from lbagent.trace import read_trace
+
+    jobs = replay_jobs(read_trace(trace_path), trace_path)
+    title = f"replay {Path(trace_path).name}: {jobs.work.size} tasks on {len(jobs.capacities)} CPUs, {episodes} episodes"
+    report = replay(jobs, _csv(policies), episodes, seed, title)
+    Console().print(evaluate.render_table(report, title))
+    console = Console(stderr=True)
+    if jobs.unfinished or jobs.unsized:
+        console.print(f"left out: {jobs.unfinished} tasks without an exit, {jobs.unsized} without a CPU time")
+    for r in report.results:
+        if r.note:
+            console.print(f"{r.policy}: {r.note}")
+    if json_path:
+        evaluate.write_json(report, Path(json_path))
+
+
+@main.command("run")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default /etc/lbagent/lbagent.toml).")
+@click.option("--dry-run", is_flag=True, help="Decide and log every decision, change nothing.")
+@click.option("--policy", help="Override the config's policy: a heuristic, a shipped policy name or a file.")
+def run_cmd(config_path: str | None, dry_run: bool, policy: str | None) -> None:
+    """Run the agent in the foreground (what the systemd unit starts).
+
+    SIGHUP reloads config and policy; SIGTERM restores every task it changed and exits 0.
+
+    \b
+    Example:
+      sudo lbagent run --config systemd/lbagent.toml --policy sed --dry-run
+    """
+    from lbagent import daemon
+
+    sys.exit(daemon.run(config_path, dry_run=dry_run, policy=policy))
+
+
+@main.command("status")
+@click.option("--address", default="127.0.0.1:9469", show_default=True, help="The daemon's metrics address.")
+@click.option("--json", "as_json", is_flag=True, help="Print the parsed metrics as JSON.")
+def status_cmd(address: str, as_json: bool) -> None:
+    """Show what the running daemon is doing, read from its metrics endpoint.
+
+    \b
+    Example:
+      lbagent status --address 127.0.0.1:9469
+    """
+    from lbagent import status
+
+    try:
+        text = status.fetch(address)
+    except OSError as e:
+        raise UserError(f"no lbagent daemon answering at {address}: {getattr(e, 'reason', None) or e}") from None
+    click.echo(status.render(text, as_json))
+
+
+@main.group("service")
+def service_group() -> None:
+    """Install or remove the systemd unit and its default config.
+
+    \b
+    Example:
+      sudo lbagent service install
+    """
+
+
+@service_group.command("install")
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False), help="Install under this root (packaging, tests).")
+@click.option("--force", is_flag=True, help="Overwrite an existing config file (the unit is always replaced).")
+def service_install(root: str, force: bool) -> None:
+    """Put lbagent.service and lbagent.toml in place (an existing config is kept).
+
+    \b
+    Example:
+      sudo lbagent service install && sudo systemctl daemon-reload && sudo systemctl enable --now lbagent
+    """
+    from lbagent import service
+
+    for line in service.install(root, force=force):
+        click.echo(line)
+
+
+@service_group.command("uninstall")
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False), help="Remove from under this root.")
+@click.option("--purge", is_flag=True, help="Also remove the config file.")
+def service_uninstall(root: str, purge: bool) -> None:
+    """Remove the unit (and with --purge the config).
+
+    \b
+    Example:
+      sudo systemctl disable --now lbagent; sudo lbagent service uninstall
+    """
+    from lbagent import service
+
+    for line in service.uninstall(root, purge=purge):
+        click.echo(line)
+
+
+@main.command("demo")
+@click.option("--seconds", default=20.0, show_default=True, type=click.FloatRange(3, 40), help="Arrival period of each run.")
+@click.option("--seed", default=7, show_default=True, type=int)
+@click.option("--heuristic", default="sed", show_default=True, help="The heuristic row.")
+@click.option("--policy", "learned", default="default", show_default=True, help="The learned policy row.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
+def demo_cmd(seconds: float, seed: int, heuristic: str, learned: str, json_path: str | None) -> None:
+    """Run one seeded workload under the kernel alone, a heuristic and the learned policy; compare.
+
+    A bursty, heavy-tailed set of CPU-burning tasks runs in its own cgroup next to a noisy
+    neighbour that takes part of one CPU; the daemon (a real `lbagent run`) places the tasks.
+
+    \b
+    Example:
+      sudo lbagent demo --seconds 20 --seed 7
+    """
+    from lbagent import demo
+
+    demo.main(seconds=seconds, seed=seed, heuristic=heuristic, learned=learned, json_path=json_path)
+
+
 @main.command("sim-train")
 @click.option("--algo", type=click.Choice(["dreamer", "a2c"]), default="dreamer", show_default=True,
               help="DreamerV3 + RL², or stable-baselines3's A2C baseline with its defaults.")
@@ -135,7 +392,12 @@ def sim_train(algo: str, preset: str, seed: int, out: str | None, resume: bool, 
 
 @main.group("bench")
 def bench() -> None:
-    """Speed measurements (tables; --json for machines)."""
+    """Measure speed: simulator, training, policy latency, probe overhead, daemon latency.
+
+    \b
+    Example:
+      lbagent bench sim --repeats 5
+    """
 
 
 @bench.command("policy")
@@ -169,6 +431,52 @@ def bench_train(preset: str, seconds: float, as_json: bool) -> None:
     from lbagent.agent.train import bench_training
 
     _report(bench_training(preset, seconds), f"training speed: preset {preset}", as_json)
+
+
+@bench.command("probe")
+@click.option("--probe", "kind", default="bpf", show_default=True, type=PROBE_CHOICE)
+@click.option("--rounds", default=7, show_default=True, type=click.IntRange(1), help="Alternating pipe runs per side.")
+@click.option("--loops", default=50_000, show_default=True, type=click.IntRange(1000), help="Messages per pipe run.")
+@click.option("--storm-tasks", default=10_000, show_default=True, type=click.IntRange(0), help="Fork storm size (0: skip).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def bench_probe(kind: str, rounds: int, loops: int, storm_tasks: int, as_json: bool) -> None:
+    """Probe overhead on a context-switch-heavy workload, and event loss in a fork storm.
+
+    \b
+    Example:
+      lbagent bench probe --rounds 7 --loops 50000 --storm-tasks 10000
+    """
+    import json
+    import statistics
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from lbagent.probe.bench import fork_storm, pipe_overhead
+
+    _setup_logging()
+    pipe = pipe_overhead(kind, rounds, loops)
+    storm = fork_storm(kind, storm_tasks) if storm_tasks else None
+    if as_json:
+        click.echo(json.dumps({"pipe": pipe.to_json(), "storm": storm.to_json() if storm else None}))
+        return
+    table = Table(title=f"perf bench sched pipe on one CPU, {rounds} alternating pairs of {loops} messages")
+    for column in ("probe", "measure", "median without", "median with", "slowdown (median pair ratio)"):
+        table.add_column(column, justify="right")
+    for measure, without, with_probe, slowdown in (
+        ("wall us/msg", pipe.wall_us_without, pipe.wall_us_with, pipe.wall_slowdown_pct),
+        ("CPU us/msg", pipe.cpu_us_without, pipe.cpu_us_with, pipe.cpu_slowdown_pct),
+    ):
+        table.add_row(pipe.probe, measure, f"{statistics.median(without):.3f}", f"{statistics.median(with_probe):.3f}",
+                      f"{slowdown:+.2f}%")
+    Console().print(table)
+    if storm:
+        table = Table(title="fork storm (tasks in scope by command name)")
+        for column in ("probe", "tasks", "tasks/s", "arrivals seen", "exits seen", "lost"):
+            table.add_column(column, justify="right")
+        table.add_row(storm.probe, str(storm.expected), f"{storm.rate:.0f}", str(storm.arrivals), str(storm.exits),
+                      str(storm.lost))
+        Console().print(table)
 
 
 def _report(figures: dict, title: str, as_json: bool) -> None:
@@ -258,6 +566,54 @@ def experiment_forgetting(algos: str, preset: str, suite: str, scenario_a: str, 
         experiments.write_json(results, Path(json_path))
     if plot_path:
         experiments.plot_forgetting(results, Path(plot_path))
+
+
+@bench.command("sim")
+@click.option("--dynamics", default=None, help="Comma-separated dynamics to measure (default: all).")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1), help="Timed chunks per figure (the median is kept).")
+@click.option("--scale", default=1.0, show_default=True, type=click.FloatRange(0.001, 100.0), help="Chunk length (1.0: one 1000-step episode per vector chunk).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
+def bench_sim(dynamics: str | None, repeats: int, scale: float, as_json: bool) -> None:
+    """Steps per second of each simulator dynamics: the pure-Python single env (the reference)
+    and the numpy vector env at B = 1, 64 and 1024, with random actions.
+
+    \b
+    Example:
+      lbagent bench sim --dynamics park --repeats 5 --json
+    """
+    import json
+
+    from rich.console import Console
+
+    from lbagent.sim import bench as simbench
+
+    names = _csv(dynamics) if dynamics else list(simbench.ROW_MAKERS)
+    unknown = [n for n in names if n not in simbench.ROW_MAKERS]
+    if unknown:
+        raise UserError(f"--dynamics: unknown {', '.join(unknown)} (known: {', '.join(simbench.ROW_MAKERS)})")
+    rows = [row for name in names for row in simbench.ROW_MAKERS[name](repeats=repeats, scale=scale)]
+    if as_json:
+        click.echo(json.dumps({"rows": [r.to_json() for r in rows]}, indent=2))
+    else:
+        Console().print(simbench.render_table(rows))
+
+
+@bench.command("daemon")
+@click.option("--rate", default=500.0, show_default=True, type=click.FloatRange(1, 5000), help="Arrivals per second.")
+@click.option("--seconds", default=10.0, show_default=True, type=click.FloatRange(1, 600))
+@click.option("--policy", default="sed", show_default=True)
+@click.option("--probe", default="auto", show_default=True, type=click.Choice(["auto", "bpf", "procfs"]))
+@click.option("--json", "as_json", is_flag=True)
+def bench_daemon(rate: float, seconds: float, policy: str, probe: str, as_json: bool) -> None:
+    """Arrival-to-affinity latency, daemon CPU and RSS, start-to-READY time of a real `lbagent run`.
+
+    \b
+    Example:
+      sudo lbagent bench daemon --rate 500 --seconds 10 --json
+    """
+    from lbagent import daemon_bench
+
+    daemon_bench.main(rate=rate, seconds=seconds, policy=policy, probe=probe, as_json=as_json)
 
 
 if __name__ == "__main__":

@@ -105,26 +105,33 @@ def summarize(name: str, per_scenario: dict[str, list[EpisodeStats]]) -> PolicyR
     )
 
 
-def evaluate_policy(spec: str, suite, episodes: int, seed: int,
-                    on_episode: ProgressHook | None = None) -> PolicyResult:
+def run_suite(policy, suite, episodes: int, seed: int, scenarios=None,
+              on_episode: ProgressHook | None = None) -> dict[str, list[EpisodeStats]]:
+    """The first ``episodes`` episodes of every scenario (trial-major), seeded ``seed + 1000 j``
+    for scenario ``j``: the protocol both ``lbagent eval`` and training's held-out checks use."""
     from lbagent.sim.scenarios import make_vector_env
 
-    policy = resolve_policy(spec, seed)
     trials = math.ceil(episodes / suite.episodes_per_trial)
     per_env = min(episodes, suite.episodes_per_trial)
     per_scenario: dict[str, list[EpisodeStats]] = {}
+    for j, scenario in enumerate(scenarios or suite.scenarios):
+        stats = run_trials(
+            policy,
+            lambda b, s, sc=scenario: make_vector_env(sc, num_envs=b, seed=s),
+            trials,
+            per_env,
+            seed + 1000 * j,
+            on_episode,
+        )
+        per_scenario[scenario.name] = [ep for row in stats for ep in row][:episodes]
+    return per_scenario
+
+
+def evaluate_policy(spec: str, suite, episodes: int, seed: int,
+                    on_episode: ProgressHook | None = None) -> PolicyResult:
+    policy = resolve_policy(spec, seed)
     try:
-        for j, scenario in enumerate(suite.scenarios):
-            stats = run_trials(
-                policy,
-                lambda b, s, sc=scenario: make_vector_env(sc, num_envs=b, seed=s),
-                trials,
-                per_env,
-                seed + 1000 * j,
-                on_episode,
-            )
-            # Trial-major order, cut to the requested count: the first `episodes` of the scenario.
-            per_scenario[scenario.name] = [ep for row in stats for ep in row][:episodes]
+        per_scenario = run_suite(policy, suite, episodes, seed, on_episode=on_episode)
     except UnsupportedPolicy as exc:
         return PolicyResult(spec, None, None, None, note=str(exc))
     return summarize(spec, per_scenario)

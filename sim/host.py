@@ -17,20 +17,23 @@ through ``util`` (an idle CPU with an active neighbour is partly busy), as on a 
 
 The kernel model (action ``KERNEL``). At wake-up the task goes to the CPU with the lowest load per
 capacity, load = runnable managed tasks + the neighbour's share (the kernel sees the neighbour as
-load), ties to the larger capacity then the lower index. Balancing moves one unpinned task (the
-most recently arrived, the most cache-cold) from the busiest CPU that has one to the least loaded
-CPU when the destination's load per capacity after the move stays below the source's before it:
-on every periodic tick (``balance_interval`` seconds of simulated time) while such a move exists,
-and when a completion leaves a CPU idle (new-idle balancing). Tasks placed on a slot are pinned
-and never move.
+load), ties to the larger capacity then the lower index. On every periodic tick
+(``balance_interval`` seconds of simulated time, 4 ms by default) the balancer moves one unpinned
+task (the most recently arrived, the most cache-cold) from the busiest CPU that has one to the
+least loaded CPU, if the destination's load per capacity after the move stays below the source's
+before it. Tasks placed on a slot are pinned and never move. A tick where no such move exists
+changes nothing, so only ticks that can matter are simulated: while no move exists, the first
+tick after the next completion (a completion is the only thing that can create one before the
+next arrival).
 
-Observation (see :mod:`lbagent.spaces`): one slot per CPU; ``util`` and ``placed`` are
+Observation (see :mod:`lbagent.spaces`): one slot per CPU, ``capacity`` the base capacity; ``util`` and ``placed`` are
 exponentially weighted over ``util_window`` time units (util: busy fraction counting the
 neighbour; placed: count of placements); ``work_left`` is the host predictor's estimate,
 sum over the CPU's tasks of max(predicted work - service received, 0); ``task_work`` is the
 predicted work of the arriving task (true work with log-normal error, or the mean work as a prior
 with ``task_unknown`` set). The env's ``time_unit`` is its workload's mean task work in seconds,
-so work and time features are O(1) whatever the scenario's scale.
+so work and time features are O(1) whatever the scenario's scale. ``info["raw"].extras`` carries
+the arriving task's true work and the env's clock (for tests and replay reports, never the policy).
 
 An episode is a fixed number of tasks (decisions); the last step's reward includes the drain of
 every remaining task, so an episode's rewards sum to minus the total sojourn time in time units.
@@ -51,7 +54,6 @@ from lbagent.sim.workload import (
     Fixed,
     Shift,
     StepDraws,
-    Workload,
     WorkloadSpace,
     next_gap,
     predicted_work,
@@ -62,6 +64,9 @@ INITIAL_TASK_TABLE = 32
 MAX_TASK_TABLE = 8192
 """Tasks in one environment at once; the table doubles on demand up to this, then refuses."""
 TICK_EPS = 1e-9
+"""Relative slack so a tick computed from a clock that sits on a tick boundary is not missed."""
+TIE_EPS = 1e-9
+"""Load-per-capacity ties go to the larger capacity (subtracted as TIE_EPS * capacity)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,8 @@ class Trace:
         t, w = np.asarray(self.arrival, float), np.asarray(self.work, float)
         if t.ndim != 1 or t.shape != w.shape or t.size == 0:
             raise ValueError(f"trace needs equal, non-empty 1-D arrival and work arrays, got {t.shape} and {w.shape}")
+        if not (np.isfinite(t).all() and np.isfinite(w).all()):
+            raise ValueError("trace arrival times and work must be finite numbers")
         if np.any(np.diff(t) < 0) or t[0] < 0:
             raise ValueError("trace arrival times must be non-negative and ascending")
         if np.any(w <= 0):
@@ -139,8 +146,15 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         balance_interval: float = 0.004,
         util_window: float = 4.0,
     ) -> "HostVectorEnv":
-        """Replay a recorded workload: one episode is the whole trace (its first arrival at its time)."""
-        trace = Trace(np.asarray(arrival, float), np.asarray(work, float), tuple(capacities), predicted)
+        """Replay a recorded workload: one episode is the whole trace, every row the same tasks.
+
+        Arrival times are taken relative to the first one (a recording's absolute clock does not
+        matter); ``capacities`` are the CPUs' base capacities, one slot each (at most 16: group a
+        bigger host into slots first). Without ``predicted`` the host predictor is modelled.
+        """
+        times = np.asarray(arrival, float)
+        times = times - times[0] if times.size else times
+        trace = Trace(times, np.asarray(work, float), tuple(capacities), predicted)
         space = WorkloadSpace(
             {
                 "tasks": Fixed(int(trace.work.size)),
@@ -174,6 +188,8 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         return self._observe(trial_start=ones, episode_start=ones)
 
     def step(self, actions):
+        if self._raw is None:
+            raise RuntimeError("host sim: call reset() before step()")
         a = spaces.validate_actions(actions, self._mask)
         B, C = self.num_envs, self.width
         draws = StepDraws.draw(self._rng, B, C)
@@ -181,9 +197,10 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.k += 1
         ending = self.k >= self.w.tasks
         target = np.where(ending, np.inf, self._next_arrival(draws))
+        self._window = (self.w.util_window * self.w.mean_work)[:, None]  # seconds, this step
         task_time = self._advance(target, ending)
-        decay = np.exp(-(self.now - self.last)[:, None] / (self.w.util_window * self.w.mean_work)[:, None])
-        self.placed *= decay
+        self._shrink_table()
+        self.placed *= np.exp(-(self.now - self.last)[:, None] / self._window)
         rew = spaces.reward(task_time, self.w.mean_work)
         self.ep_return += rew
         self._redraw_background(draws)
@@ -213,10 +230,16 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.k = np.zeros(B, dtype=np.int64)
         self.episode_index = np.zeros(B, dtype=np.int64)
         self.ep_return = np.zeros(B)
+        self.delivered = np.zeros(B)
+        """Capacity-seconds the CPUs delivered to managed tasks since reset (work conservation)."""
         self.V = np.zeros((B, C))
         self.n = np.zeros((B, C), dtype=np.int64)
         self.nu = np.zeros((B, C), dtype=np.int64)
-        self.ntot = np.zeros(B, dtype=np.int64)
+        self.mintag = np.full((B, C), np.inf)
+        """Per CPU, the smallest tag (its next task to finish) and, below, the second smallest."""
+        self.min2tag = np.full((B, C), np.inf)
+        self.minidx = np.zeros((B, C), dtype=np.int64)
+        self.capeff = np.zeros((B, C))
         self.bg_on = np.zeros((B, C), dtype=bool)
         self.bg = np.zeros((B, C))
         self.util = np.zeros((B, C))
@@ -225,6 +248,8 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.bal_src = np.zeros(B, dtype=np.int64)
         self.bal_dst = np.zeros(B, dtype=np.int64)
         self.t_active = np.zeros((B, N), dtype=bool)
+        self.hi = 0
+        """Columns of the task table in use: no env has an active task at or beyond it."""
         self.t_cpu = np.zeros((B, N), dtype=np.int64)
         self.t_tag = np.zeros((B, N))
         self.t_work = np.zeros((B, N))
@@ -250,6 +275,11 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         for name in ("t_active", "t_cpu", "t_tag", "t_work", "t_pred", "t_pinned", "t_id", "t_arr"):
             old = getattr(self, name)
             setattr(self, name, np.concatenate([old, np.zeros_like(old)], axis=1))
+
+    def _shrink_table(self) -> None:
+        """Lower the in-use bound after completions, so scans skip columns nobody occupies."""
+        used = np.flatnonzero(self.t_active[:, : self.hi].any(axis=0))
+        self.hi = int(used[-1]) + 1 if used.size else 0
 
     def _grow_episode(self, T: int) -> None:
         pad = T - self.ep_arrival.shape[1]
@@ -286,12 +316,15 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.V[rows] = 0.0
         self.n[rows] = 0
         self.nu[rows] = 0
-        self.ntot[rows] = 0
+        self.mintag[rows] = np.inf
+        self.min2tag[rows] = np.inf
         self.t_active[rows] = False
+        self._shrink_table()
         self.ep_exit[rows] = np.nan
         self.bal_ok[rows] = False
         self.bg_on[rows] = (d.bg_v < w.bg_prob[:, None]) | w.bg_always
         self.bg[rows] = self.bg_on[rows] * w.bg_share
+        self.capeff[rows] = w.capacity * (1.0 - self.bg[rows])
         self.util[rows] = self.bg[rows]
         self.placed[rows] = 0.0
         self.last[rows] = 0.0
@@ -308,15 +341,15 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
 
     def _draw_pending(self, d: StepDraws) -> None:
         """The task arriving now in each env: its true work and the host's prediction of it."""
-        work = task_work(self.w, d)
-        pred, unknown = predicted_work(self.w, work, d)
-        if self.trace is not None:
+        if self.trace is None:
+            work = task_work(self.w, d)
+            pred, unknown = predicted_work(self.w, work, d)
+        else:
             i = np.minimum(self.k, self.trace.work.size - 1)
             work = self.trace.work[i]
+            pred, unknown = predicted_work(self.w, work, d)
             if self.trace.predicted is not None:
-                pred, unknown = np.asarray(self.trace.predicted)[i], np.zeros_like(unknown)
-            else:
-                pred, unknown = predicted_work(self.w, work, d)
+                pred, unknown = np.asarray(self.trace.predicted, float)[i], np.zeros_like(unknown)
         self.pend_work, self.pend_pred, self.pend_unknown = work, pred, unknown
 
     def _redraw_background(self, d: StepDraws) -> None:
@@ -325,6 +358,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         on = np.where(change, d.bg_v < self.w.bg_prob[:, None], self.bg_on) | self.w.bg_always
         self.bg_on = on & (self.w.capacity > 0)
         self.bg = self.bg_on * self.w.bg_share
+        self.capeff = self.w.capacity * (1.0 - self.bg)
 
     # --------------------------------------------------------------------------------------------
     # placement and the kernel model
@@ -340,15 +374,16 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         rows = np.arange(B)
         kernel = a == spaces.KERNEL
         load, cap = self._kernel_load(rows)
-        kernel_cpu = np.argmin(load - TICK_EPS * cap, axis=1)
+        kernel_cpu = np.argmin(load - TIE_EPS * cap, axis=1)
         cpu = np.where(kernel, kernel_cpu, a)
-        free = np.argmin(self.t_active, axis=1)
-        if self.t_active[rows, free].any():
+        if self.hi == self.t_active.shape[1] and self.t_active.all(axis=1).any():
             self._grow_tasks()
-            free = np.argmin(self.t_active, axis=1)
+        free = np.argmin(self.t_active[:, : self.hi + 1], axis=1)
+        self.hi = max(self.hi, int(free.max()) + 1)
+        tag = self.V[rows, cpu] + self.pend_work
         self.t_active[rows, free] = True
         self.t_cpu[rows, free] = cpu
-        self.t_tag[rows, free] = self.V[rows, cpu] + self.pend_work
+        self.t_tag[rows, free] = tag
         self.t_work[rows, free] = self.pend_work
         self.t_pred[rows, free] = self.pend_pred
         self.t_pinned[rows, free] = ~kernel
@@ -356,11 +391,10 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.t_arr[rows, free] = self.now
         self.n[rows, cpu] += 1
         self.nu[rows, cpu] += kernel
-        self.ntot += 1
+        self._note_tag(rows, cpu, tag, free)
         self.placed[rows, cpu] += 1.0
         self.ep_arrival[rows, self.k] = self.now
         self.ep_work[rows, self.k] = self.pend_work
-        self._update_balance(rows)
 
     def _update_balance(self, rows: np.ndarray) -> None:
         """Cache, per env, the move the kernel's balancer would make now (if any)."""
@@ -370,11 +404,11 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         r = np.arange(rows.size)
         src_key = np.where(self.nu[rows] > 0, load, -np.inf)
         src = np.argmax(src_key, axis=1)
-        dst = np.argmin(load - TICK_EPS * cap, axis=1)
+        dst = np.argmin(load - TIE_EPS * cap, axis=1)
         dst_cap = np.maximum(cap[r, dst], 1e-12)
         after = (self.n[rows, dst] + 1 + self.bg[rows, dst]) / dst_cap
         src_load = src_key[r, src]
-        self.bal_ok[rows] = np.isfinite(src_load) & (src != dst) & (after < src_load * (1 - TICK_EPS))
+        self.bal_ok[rows] = np.isfinite(src_load) & (src != dst) & (after < src_load * (1 - TIE_EPS))
         self.bal_src[rows] = src
         self.bal_dst[rows] = dst
 
@@ -383,16 +417,43 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         if rows.size == 0:
             return
         src, dst = self.bal_src[rows], self.bal_dst[rows]
-        movable = self.t_active[rows] & ~self.t_pinned[rows] & (self.t_cpu[rows] == src[:, None])
-        j = np.argmax(np.where(movable, self.t_arr[rows], -np.inf), axis=1)
-        remaining = self.t_tag[rows, j] - self.V[rows, src]
-        self.t_tag[rows, j] = self.V[rows, dst] + remaining
+        used = slice(0, self.hi)
+        movable = self.t_active[rows, used] & ~self.t_pinned[rows, used] & (self.t_cpu[rows, used] == src[:, None])
+        j = np.argmax(np.where(movable, self.t_arr[rows, used], -np.inf), axis=1)
+        old_tag = self.t_tag[rows, j]
+        tag = self.V[rows, dst] + (old_tag - self.V[rows, src])
+        self.t_tag[rows, j] = tag
         self.t_cpu[rows, j] = dst
         self.n[rows, src] -= 1
         self.nu[rows, src] -= 1
         self.n[rows, dst] += 1
         self.nu[rows, dst] += 1
-        self._update_balance(rows)
+        was_front = old_tag <= self.min2tag[rows, src]
+        self._refresh_min(rows[was_front], src[was_front])
+        self._note_tag(rows, dst, tag, j)
+
+    def _note_tag(self, b: np.ndarray, c: np.ndarray, tag: np.ndarray, j: np.ndarray) -> None:
+        """Task j with ``tag`` joined CPU c of env b (distinct envs): keep its two smallest tags."""
+        first = tag < self.mintag[b, c]
+        second = ~first & (tag < self.min2tag[b, c])
+        self.min2tag[b[first], c[first]] = self.mintag[b[first], c[first]]
+        self.mintag[b[first], c[first]] = tag[first]
+        self.minidx[b[first], c[first]] = j[first]
+        self.min2tag[b[second], c[second]] = tag[second]
+
+    def _refresh_min(self, b: np.ndarray, c: np.ndarray) -> None:
+        """Recompute the earliest-finishing task of CPU c in env b (pairs may repeat an env)."""
+        if b.size == 0:
+            return
+        used = slice(0, self.hi)
+        mine = self.t_active[b, used] & (self.t_cpu[b, used] == c[:, None])
+        key = np.where(mine, self.t_tag[b, used], np.inf)
+        j = np.argmin(key, axis=1)
+        r = np.arange(b.size)
+        self.minidx[b, c] = j
+        self.mintag[b, c] = key[r, j]
+        key[r, j] = np.inf
+        self.min2tag[b, c] = key.min(axis=1)
 
     # --------------------------------------------------------------------------------------------
     # time
@@ -400,63 +461,102 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
     def _advance(self, target: np.ndarray, draining: np.ndarray) -> np.ndarray:
         """Run every env to ``target`` (its next arrival, or until empty when draining).
 
-        Returns the integral of tasks in the system over the advanced time (task-seconds).
+        CPUs only interact through the balancer, so each round lets every CPU run on its own clock
+        up to a horizon no balancing tick can precede: the next arrival, or the first tick after
+        the balancer could have something to do. At that tick the balancer acts and a new round
+        starts. Returns the integral of tasks in the system over the advanced time (task-seconds).
         """
         task_time = np.zeros(self.num_envs)
-        S = np.arange(self.num_envs)
-        while S.size:
-            S = S[~(draining[S] & (self.ntot[S] == 0))]
-            if S.size == 0:
+        R = np.arange(self.num_envs)
+        self._update_balance(R)
+        while R.size:
+            R = R[~draining[R] | (self.n[R].sum(axis=1) > 0)]
+            if R.size == 0:
                 break
-            m = S.size
-            r = np.arange(m)
-            n = self.n[S]
-            capeff = self.w.capacity[S] * (1.0 - self.bg[S])
-            rate = np.where(n > 0, capeff / np.maximum(n, 1), 0.0)
-            cpu = self.t_cpu[S]
-            active = self.t_active[S]
-            v_at = np.take_along_axis(self.V[S], cpu, axis=1)
-            rate_at = np.take_along_axis(rate, cpu, axis=1)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ttf = np.where(active, (self.t_tag[S] - v_at) / rate_at, np.inf)
-            j = np.argmin(ttf, axis=1)
-            t_done = np.maximum(ttf[r, j], 0.0)
-            now = self.now[S]
-            interval = self.w.balance_interval[S]
-            tick_at = (np.floor(now / interval + TICK_EPS) + 1.0) * interval
-            t_tick = np.where(self.bal_ok[S], tick_at - now, np.inf)
-            t_arr = np.maximum(target[S] - now, 0.0)
-            dt = np.minimum(np.minimum(t_done, t_tick), t_arr)
-            done = t_done <= dt
-            tick = ~done & (t_tick <= dt)
-            arrive = ~done & ~tick
-
-            task_time[S] += dt * self.ntot[S]
-            busy = np.where(n > 0, 1.0, self.bg[S])
-            window = (self.w.util_window * self.w.mean_work)[S]
-            self.util[S] = busy + (self.util[S] - busy) * np.exp(-dt / window)[:, None]
-            self.V[S] += rate * dt[:, None]
-            self.now[S] = np.where(tick, tick_at, now + dt)
-
-            fin = S[done]
-            if fin.size:
-                self._complete(fin, j[done])
-            ticked = S[tick]
-            if ticked.size:
-                self._migrate(ticked)
-            S = S[~arrive]
+            H = self._horizon(R, target[R])
+            self._run_cpus(R, H, task_time)
+            ticked = R[H < target[R]]
+            self._update_balance(ticked)
+            moved = ticked[self.bal_ok[ticked]]
+            self._migrate(moved)
+            self._update_balance(moved)
+            R = ticked
         return task_time
 
-    def _complete(self, rows: np.ndarray, j: np.ndarray) -> None:
-        c = self.t_cpu[rows, j]
-        self.t_active[rows, j] = False
-        self.n[rows, c] -= 1
-        self.nu[rows, c] -= ~self.t_pinned[rows, j]
-        self.ntot[rows] -= 1
-        self.ep_exit[rows, self.t_id[rows, j]] = self.now[rows]
-        self._update_balance(rows)
-        went_idle = rows[(self.n[rows, c] == 0) & self.bal_ok[rows]]
-        self._migrate(went_idle)
+    def _horizon(self, R: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """How far the CPUs of R may run on their own clocks: no balancing move can happen before.
+
+        With a move available, that is the next tick. Without one, only a completion can create
+        a move, and only on a CPU that then becomes a good enough destination: after its k-th
+        completion CPU c would take a task at load (n_c - k + 1 + bg_c) / cap_c, which must fall
+        below the busiest other CPU holding an unpinned task (loads only fall until the next
+        arrival, so today's value bounds it). Its first two completion times are exact from the
+        two smallest tags; a later k is bounded below by the second. The horizon is the first
+        tick after the earliest such completion (or the target when none can come). The cached
+        balancing move (``bal_ok``) must describe the current state of R.
+        """
+        now = self.now[R]
+        n = self.n[R]
+        cap = self.w.capacity[R]
+        bg = self.bg[R]
+        capeff = self.capeff[R]
+        present = cap > 0
+        load = np.where(present, (n + bg) / np.where(present, cap, 1.0), -np.inf)
+        src_load = np.where(self.nu[R] > 0, load, -np.inf)
+        top = np.argmax(src_load, axis=1)
+        r = np.arange(R.size)
+        best = src_load[r, top]
+        src_load[r, top] = -np.inf
+        others = np.where(np.arange(self.width)[None, :] == top[:, None], src_load.max(axis=1)[:, None], best[:, None])
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            k = np.maximum(np.floor(n + 1 + bg - others * cap - 1e-6) + 1, 1)
+            t1 = np.maximum(self.mintag[R] - self.V[R], 0.0) * n / capeff
+            t2 = t1 + np.maximum(self.min2tag[R] - self.mintag[R], 0.0) * (n - 1) / capeff
+        can = present & (n > 0) & (k <= n)
+        enabling = np.where(can, np.where(k <= 1, t1, t2), np.inf).min(axis=1)
+        start = np.where(self.bal_ok[R], now, now + enabling)
+        interval = self.w.balance_interval[R]
+        with np.errstate(invalid="ignore"):
+            tick = (np.floor(start / interval + TICK_EPS) + 1.0) * interval
+        return np.where(np.isfinite(start), np.minimum(target, tick), target)
+
+    def _run_cpus(self, R: np.ndarray, H: np.ndarray, task_time: np.ndarray) -> None:
+        """Every CPU of the envs R runs on its own clock to H[R] (or until it is empty, H infinite)."""
+        rows, horizon = R, H
+        clock = np.repeat(self.now[R][:, None], self.width, axis=1)
+        live = self.w.capacity[R] > 0
+        while rows.size:
+            n = self.n[rows]
+            busy_cpu = n > 0
+            capeff = self.capeff[rows]
+            V = self.V[rows]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ttf = np.where(busy_cpu, np.maximum(self.mintag[rows] - V, 0.0) * n / capeff, np.inf)
+            gap = horizon[:, None] - clock
+            done = live & busy_cpu & (ttf <= gap)
+            dt = np.where(done, ttf, np.where(live & np.isfinite(gap), gap, 0.0))
+            task_time[rows] += (n * dt).sum(axis=1)
+            self.delivered[rows] += (np.where(busy_cpu, capeff, 0.0) * dt).sum(axis=1)
+            busy = np.where(busy_cpu, 1.0, self.bg[rows])
+            self.util[rows] = busy + (self.util[rows] - busy) * np.exp(-dt / self._window[rows])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                self.V[rows] = V + np.where(busy_cpu, capeff / n, 0.0) * dt
+            clock = clock + dt
+            b, c = np.nonzero(done)
+            if b.size:
+                self._complete(rows[b], c, clock[b, c])
+            keep = done.any(axis=1)
+            rows, horizon, clock, live = rows[keep], horizon[keep], clock[keep], done[keep]
+        self.now[R] = np.where(np.isfinite(H), H, self.now[R])
+
+    def _complete(self, b: np.ndarray, c: np.ndarray, t: np.ndarray) -> None:
+        """The earliest-finishing task of each (env b, CPU c) pair exits at time t."""
+        j = self.minidx[b, c]
+        self.t_active[b, j] = False
+        self.n[b, c] -= 1
+        self.nu[b, c] -= ~self.t_pinned[b, j]
+        self.ep_exit[b, self.t_id[b, j]] = t
+        self._refresh_min(b, c)
 
     # --------------------------------------------------------------------------------------------
     # observation and episode outcomes
@@ -464,11 +564,11 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
     def _work_left(self) -> np.ndarray:
         """Per CPU: sum of max(predicted work - service received, 0) over its tasks (the host's estimate)."""
         B, C = self.num_envs, self.width
-        v_at = np.take_along_axis(self.V, self.t_cpu, axis=1)
-        received = self.t_work - (self.t_tag - v_at)
-        est = np.where(self.t_active, np.maximum(self.t_pred - received, 0.0), 0.0)
-        flat = (np.arange(B)[:, None] * C + self.t_cpu).ravel()
-        return np.bincount(flat, weights=est.ravel(), minlength=B * C).reshape(B, C)
+        b, j = np.nonzero(self.t_active[:, : self.hi])
+        cpu = self.t_cpu[b, j]
+        received = self.t_work[b, j] - (self.t_tag[b, j] - self.V[b, cpu])
+        est = np.maximum(self.t_pred[b, j] - received, 0.0)
+        return np.bincount(b * C + cpu, weights=est, minlength=B * C).reshape(B, C)
 
     def _observe(self, trial_start: np.ndarray, episode_start: np.ndarray):
         B, C = self.num_envs, self.width

@@ -139,6 +139,7 @@ class ParkLoadBalanceEnv(gym.Env):
         return np.array(loads, dtype=np.float64)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)  # gymnasium's bookkeeping; Park's draws come from self._rng
         if seed is not None:
             self._rng = np.random.RandomState(seed)
         self._start_episode()
@@ -212,18 +213,18 @@ class _ParkVector(VectorEnv):
             e.rewind_to_park_position()
         e.new_episode()
         self._on_reset()
-        return self._observe(np.zeros(self.num_envs, dtype=bool))
+        return self._observe()
 
     def step(self, actions):
         actions = self._check_actions(actions)
         park_reward, ended = self.engine.step(actions)
         terminated = np.full(self.num_envs, ended)
-        reward = self._reward(park_reward, actions)
+        reward = self._reward(park_reward)
         final: dict[str, Any] = {}
         if ended:
-            final = self._episode_end(reward)
+            final = self._episode_end()
             self.engine.new_episode()
-        obs, info = self._observe(terminated)
+        obs, info = self._observe()
         info.update(final)
         return obs, reward, terminated, np.zeros(self.num_envs, dtype=bool), info
 
@@ -232,20 +233,20 @@ class _ParkVector(VectorEnv):
         e = self.engine
         return (e.job_finish - e.arrivals).astype(np.float64)
 
-    # Hooks
+    # What the subclasses define: their actions, rewards, observations and episode summaries.
     def _on_reset(self) -> None:
         pass
 
     def _check_actions(self, actions) -> np.ndarray:
         raise NotImplementedError
 
-    def _reward(self, park_reward: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    def _reward(self, park_reward: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _episode_end(self, reward: np.ndarray) -> dict[str, Any]:
+    def _episode_end(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _observe(self, terminated: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    def _observe(self) -> tuple[np.ndarray, dict[str, Any]]:
         raise NotImplementedError
 
 
@@ -268,12 +269,15 @@ class ParkLoadBalanceVectorEnv(_ParkVector):
         a = np.asarray(actions, dtype=np.int64).reshape(-1)
         if a.shape != (self.num_envs,):
             raise ValueError(f"park: expected {self.num_envs} actions, got shape {np.shape(actions)}")
+        if a.min() < 0 or a.max() >= self.params.num_servers:
+            bad = a[(a < 0) | (a >= self.params.num_servers)]
+            raise ValueError(f"park: actions must lie in [0, {self.params.num_servers}), got {bad.tolist()}")
         return a
 
-    def _reward(self, park_reward: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        return park_reward.astype(np.float64)
+    def _reward(self, park_reward: np.ndarray) -> np.ndarray:
+        return park_reward
 
-    def _episode_end(self, reward: np.ndarray) -> dict[str, Any]:
+    def _episode_end(self) -> dict[str, Any]:
         every = np.ones(self.num_envs, dtype=bool)
         return {
             "final_obs": self.engine.park_obs(),
@@ -282,7 +286,7 @@ class ParkLoadBalanceVectorEnv(_ParkVector):
             "_mean_jct": every,
         }
 
-    def _observe(self, terminated: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    def _observe(self) -> tuple[np.ndarray, dict[str, Any]]:
         return self.engine.park_obs(), {"curr_time": self.engine.now.copy()}
 
 
@@ -334,7 +338,6 @@ class ParkContractVectorEnv(_ParkVector):
         self._episodes_in_trial = 0
         self._trial_start = True
         self._prev_time = np.zeros(B, dtype=np.int64)
-        self._prev_busy = np.zeros((B, S), dtype=np.int64)
         self._placed = np.zeros((B, S))
         self._return = np.zeros(B)
 
@@ -344,25 +347,24 @@ class ParkContractVectorEnv(_ParkVector):
         self._placed[np.arange(self.num_envs), a] = 1.0
         return a
 
-    def _reward(self, park_reward: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    def _reward(self, park_reward: np.ndarray) -> np.ndarray:
         reward = spaces.reward(-park_reward, self.time_unit)
         self._return += reward
         return reward
 
-    def _episode_end(self, reward: np.ndarray) -> dict[str, Any]:
+    def _episode_end(self) -> dict[str, Any]:
         e = self.engine
         jct = self._jct()
-        slowdown = jct / (e.sizes[:, : e.N] / self._max_rate)
+        slowdown = jct / (e.sizes / self._max_rate)
         stats = [EpisodeStats(jct[i], slowdown[i], float(self._return[i])) for i in range(self.num_envs)]
         self._return = np.zeros(self.num_envs)
         self._prev_time = np.zeros(self.num_envs, dtype=np.int64)
-        self._prev_busy = np.zeros_like(self._prev_busy)
         self._placed = np.zeros_like(self._placed)
         self._episodes_in_trial += 1
         self._trial_start = self._episodes_in_trial % self.episodes_per_trial == 0
         return {"episode": stats}
 
-    def _observe(self, terminated: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    def _observe(self) -> tuple[np.ndarray, dict[str, Any]]:
         raw = self._raw()
         B = self.num_envs
         starting = np.full(B, self.engine.k == 0)
@@ -378,17 +380,15 @@ class ParkContractVectorEnv(_ParkVector):
     def _raw(self) -> spaces.RawObservation:
         e, B, S = self.engine, self.num_envs, self.params.num_servers
         now = e.now
-        remaining = np.maximum(e.cur_fin.reshape(B, S) - now[:, None], 0)
-        queued_size = (e.cum_size - e.cur_cum_size).reshape(B, S)
+        remaining, queued_size = e.server_state()
         queued = (e.n_assigned - e.n_started).reshape(B, S)
-        busy = e.cur_cum_dur.reshape(B, S) - remaining  # busy time since the episode began
         since = now - self._prev_time
-        util = np.where(
-            since[:, None] > 0,
-            (busy - self._prev_busy) / np.maximum(since, 1)[:, None],
-            (remaining > 0).astype(np.float64),
-        )
-        self._prev_time, self._prev_busy = now.copy(), busy
+        # A FIFO server never idles while it has work, and no job was assigned since the previous
+        # decision but the one placed at it: the server was busy from then until its last job's
+        # finish (or now).
+        busy = np.clip(e.last_fin.reshape(B, S) - self._prev_time[:, None], 0, since[:, None])
+        util = np.where(since[:, None] > 0, busy / np.maximum(since, 1)[:, None], (remaining > 0).astype(np.float64))
+        self._prev_time = now.copy()
 
         def pad(x: np.ndarray) -> np.ndarray:
             out = np.zeros((B, spaces.MAX_SLOTS))

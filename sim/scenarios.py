@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from lbagent.errors import UserError
 from lbagent.sim.workload import (
     ARRIVALS,
     DEFAULTS,
@@ -50,7 +51,7 @@ SUITE_DIR = Path(__file__).parent / "scenarios"
 DYNAMICS = ("host", "park")
 
 
-class ScenarioError(ValueError):
+class ScenarioError(UserError, ValueError):
     """A scenario file or name that cannot be used; the message says where and why."""
 
 

@@ -1,11 +1,35 @@
 """Probes: the live eyes of the agent. Both kinds (CO-RE eBPF and procfs) implement :class:`Probe`,
-so the daemon and the recorder never know which one runs."""
+so the daemon and the recorder never know which one runs.
+
+What both report, the same way:
+
+- An *arrival* is a process (pid == tgid) entering the scope, once: at its fork when the child
+  already matches, else at the first exec that makes it match. Threads never arrive. An *exit* is
+  reported only for a process that arrived, when its last thread ends, with the process's CPU time.
+- The scope (:class:`Scope`) is cgroup v2 ids (a listed cgroup covers its subtree), command names
+  (the kernel's 15-character ``comm``) and real uids; empty fields mean "any". Kernel threads and
+  the agent's own process are never in scope.
+- ``ts_ns`` is CLOCK_MONOTONIC (``time.monotonic_ns()``); ``start_ns`` is the task's start on the
+  boot clock, i.e. ``/proc/PID/stat`` field 22 times ``1e9 / CLK_TCK`` (exact in ticks on procfs,
+  in ns on BPF): compare ``start_ns // (1e9 / CLK_TCK)`` to field 22 to tell a reused PID.
+- ``Snapshot`` covers the window since the previous call; ``CpuSample.arrivals`` counts every new
+  task (threads too) woken on that CPU, in or out of scope.
+
+Call ``poll`` often from one thread: the procfs probe also takes its run-queue samples there.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
 from typing import Protocol
 
-from lbagent.probe.types import Snapshot, TaskEvent
+from lbagent.errors import UserError
+from lbagent.probe.types import Scope, Snapshot, TaskEvent
+
+BTF_VMLINUX = Path("/sys/kernel/btf/vmlinux")
+PROBE_KINDS = ("auto", "bpf", "procfs")
 
 
 class Probe(Protocol):
@@ -23,3 +47,66 @@ class Probe(Protocol):
 
     def close(self) -> None:
         """Detach everything the probe attached; safe to call twice."""
+
+
+class ProbeUnavailable(UserError):
+    """The requested probe cannot run here; ``str()`` is a one-line reason for the user."""
+
+
+log = logging.getLogger("lbagent.probe")
+
+
+def bpf_unavailable_reason(obj_path: Path | None = None) -> str | None:
+    """Why the BPF probe cannot even be tried here, or None when it can."""
+    from lbagent.probe.bpf import DEFAULT_OBJECT
+
+    obj_path = obj_path or DEFAULT_OBJECT
+    if os.geteuid() != 0:
+        return "not root (loading BPF needs CAP_BPF and CAP_PERFMON; run as root)"
+    if not BTF_VMLINUX.exists():
+        return f"no kernel BTF at {BTF_VMLINUX} (CO-RE needs CONFIG_DEBUG_INFO_BTF=y)"
+    if not obj_path.exists():
+        return f"BPF object missing: {obj_path} (build it with `make bpf`)"
+    return None
+
+
+def _open_bpf(scope: Scope, obj_path: Path | None) -> Probe:
+    from lbagent.probe.bpf import BpfProbe
+    from lbagent.probe.libbpf import LibbpfError
+
+    reason = bpf_unavailable_reason(obj_path)
+    if reason:
+        raise ProbeUnavailable(f"bpf probe unavailable: {reason}")
+    try:
+        return BpfProbe(scope, obj_path)
+    except LibbpfError as exc:
+        raise ProbeUnavailable(f"bpf probe unavailable: load failed: {exc}") from None
+
+
+def _open_procfs(scope: Scope) -> Probe:
+    from lbagent.probe.procfs import ProcfsProbe
+
+    try:
+        return ProcfsProbe(scope)
+    except PermissionError:
+        raise ProbeUnavailable("procfs probe unavailable: the proc connector needs root") from None
+    except OSError as exc:
+        raise ProbeUnavailable(f"procfs probe unavailable: proc connector: {exc.strerror or exc}") from None
+
+
+def open_probe(kind: str = "auto", scope: Scope | None = None, obj_path: Path | None = None) -> Probe:
+    """Open a probe. ``auto`` tries CO-RE first and falls back to procfs, logging which and why."""
+    scope = scope or Scope()
+    if kind == "bpf":
+        return _open_bpf(scope, obj_path)
+    if kind == "procfs":
+        return _open_procfs(scope)
+    if kind != "auto":
+        raise ValueError(f"unknown probe kind {kind!r} (one of {', '.join(PROBE_KINDS)})")
+    try:
+        probe = _open_bpf(scope, obj_path)
+    except ProbeUnavailable as exc:
+        log.warning("%s; falling back to the procfs probe", exc)
+        return _open_procfs(scope)
+    log.info("using the bpf probe (CO-RE, kernel BTF present)")
+    return probe

@@ -1,0 +1,346 @@
+"""Placing tasks on CPUs, safely: the only module that changes anything on the host.
+
+Two ways to place a task: ``affinity`` sets the mask of every thread with ``sched_setaffinity``;
+``cpuset`` moves the task into an lbagent-owned cpuset cgroup (cgroup v2 where the cpuset controller
+is enabled, else the v1 cpuset hierarchy). Whatever the policy asks, the rules below hold, because a
+load balancer that pins the wrong task can hurt a host far more than a bad placement can:
+
+- never a kernel thread (``PF_KTHREAD``), a task that refuses affinity changes
+  (``PF_NO_SETAFFINITY``), PID 1, the daemon itself, or a task outside the configured scope;
+- a mask is always clipped to what the task's own cpuset allows, and never widened beyond it;
+- the original mask is written to the state file *before* the change, with the task's start time;
+  restoring checks the start time, so a PID reused by another task is never touched;
+- ESRCH (the task exited), EINVAL and EPERM are counted per kind and never raised.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from lbagent import cgroups
+from lbagent.config import ScopeConfig
+from lbagent.state import Placement, StateFile
+
+PF_KTHREAD = 0x00200000
+PF_NO_SETAFFINITY = 0x04000000
+ERROR_KINDS = {errno.ESRCH: "ESRCH", errno.EINVAL: "EINVAL", errno.EPERM: "EPERM"}
+MODES = ("affinity", "cpuset")
+
+
+class ActuatorError(RuntimeError):
+    """The actuator cannot work at all on this host (e.g. cpuset mode without a cpuset controller)."""
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    pid: int
+    comm: str
+    flags: int
+    start: int
+    """Field 22 of /proc/PID/stat: clock ticks from boot to the task's start."""
+
+
+def read_task(pid: int) -> TaskInfo:
+    """Identity and flags of a task; ProcessLookupError when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode("utf-8", "replace")
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessLookupError(pid) from None
+    # comm may contain spaces and parentheses: it ends at the *last* ')'.
+    rest = raw[raw.rindex(")") + 2 :].split()
+    return TaskInfo(pid, raw[raw.index("(") + 1 : raw.rindex(")")], int(rest[6]), int(rest[19]))
+
+
+def read_uid(pid: int) -> int:
+    """The real uid (the first of the four on the ``Uid:`` line)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    raise ProcessLookupError(pid)
+
+
+def thread_ids(pid: int) -> list[int]:
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except FileNotFoundError:
+        raise ProcessLookupError(pid) from None
+
+
+def in_scope(scope: ScopeConfig, pid: int, comm: str) -> bool:
+    """The actuator's own scope check: the probe filters too, but a policy must never widen it."""
+    if scope.comms and comm not in scope.comms:
+        return False
+    if scope.cgroups and cgroups.task_v2_path(pid) not in scope.cgroups:
+        return False
+    if scope.uids and read_uid(pid) not in scope.uids:
+        return False
+    return True
+
+
+class CpusetBackend:
+    """lbagent-owned cpusets, one leaf per distinct mask, under ``<cpuset root>/<name>``."""
+
+    def __init__(self, name: str = "lbagent") -> None:
+        v2 = cgroups.unified_root()
+        if cgroups.v2_has_cpuset(v2):
+            self.version, self.root = 2, v2
+        else:
+            v1 = cgroups.v1_cpuset_root()
+            if v1 is None:
+                raise ActuatorError("cpuset mode: no cpuset controller (neither on cgroup v2 nor a v1 mount)")
+            self.version, self.root = 1, v1
+        self.name = name
+        self.base = self.root / name
+        self._leaves: dict[tuple[int, ...], Path] = {}
+
+    def owns(self, path: str) -> bool:
+        return path == f"/{self.name}" or path.startswith(f"/{self.name}/")
+
+    def leaf(self, cpus: tuple[int, ...]) -> Path:
+        if cpus not in self._leaves:
+            leaf = self.base / ("cpus" + "_".join(map(str, cpus)))
+            if self.version == 2:
+                _write(self.root / "cgroup.subtree_control", "+cpuset")
+                self.base.mkdir(exist_ok=True)
+                _write(self.base / "cgroup.subtree_control", "+cpuset")
+                leaf.mkdir(exist_ok=True)
+                _write(leaf / "cpuset.cpus", cgroups.format_cpulist(cpus))
+            else:  # v1 needs cpus and mems on every level before a task may join
+                mems = (self.root / "cpuset.mems").read_text().strip()
+                for d, c in ((self.base, (self.root / "cpuset.cpus").read_text().strip()), (leaf, None)):
+                    d.mkdir(exist_ok=True)
+                    _write(d / "cpuset.cpus", c or cgroups.format_cpulist(cpus))
+                    _write(d / "cpuset.mems", mems)
+            self._leaves[cpus] = leaf
+        return self._leaves[cpus]
+
+    def move(self, tgid: int, directory: Path) -> None:
+        _write(directory / "cgroup.procs", str(tgid))
+
+    def leaves(self) -> list[Path]:
+        return sorted(p for p in self.base.glob("cpus*") if p.is_dir()) if self.base.is_dir() else []
+
+    def teardown(self) -> None:
+        """Remove lbagent's cgroups; one still holding a task (EBUSY) stays, which is the safe side."""
+        for leaf in self.leaves():
+            try:
+                leaf.rmdir()
+            except OSError:
+                pass
+        try:
+            self.base.rmdir()
+        except OSError:
+            pass
+        self._leaves.clear()
+
+
+def _write(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+class Actuator:
+    """Applies placements and undoes them; counts every refusal and error instead of raising."""
+
+    def __init__(
+        self,
+        mode: str,
+        scope: ScopeConfig,
+        state: StateFile,
+        *,
+        dry_run: bool = False,
+        cgroup_name: str = "lbagent",
+    ) -> None:
+        if mode not in MODES:
+            raise ActuatorError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
+        self.mode, self.scope, self.state, self.dry_run = mode, scope, state, dry_run
+        self.own_tgid = os.getpid()
+        self.refusals: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.cpusets = CpusetBackend(cgroup_name) if mode == "cpuset" else None
+
+    # ---------------------------------------------------------------- placing
+    def place_many(self, requests: list[tuple[int, frozenset[int]]]) -> list[str]:
+        """Place a batch: check each, record all in one state write, then apply.
+
+        One write per batch instead of per task keeps the arrival-to-affinity latency low under a
+        burst while keeping the write-ahead rule. Returns one outcome per request:
+        ``placed``, ``dry_run``, ``refused:<reason>`` or ``error:<kind>``.
+        """
+        outcomes: list[str] = []
+        ready: list[tuple[int, Placement]] = []
+        for tgid, cpus in requests:
+            try:
+                result = self._prepare(tgid, cpus)
+            except OSError as e:
+                result = self._error(e)
+            if isinstance(result, Placement):
+                ready.append((len(outcomes), result))
+                outcomes.append("dry_run" if self.dry_run else "placed")
+            else:
+                outcomes.append(result)
+        if ready and not self.dry_run:
+            for _, p in ready:
+                self.state.placements[p.tgid] = p
+            self.state.save()
+            for i, p in ready:
+                failure = self._apply(p)
+                if failure:
+                    outcomes[i] = failure
+        return outcomes
+
+    def _refuse(self, reason: str) -> str:
+        self.refusals[reason] += 1
+        return f"refused:{reason}"
+
+    def _error(self, e: OSError) -> str:
+        kind = ERROR_KINDS.get(e.errno, "ESRCH" if isinstance(e, ProcessLookupError) else "other")
+        self.errors[kind] += 1
+        return f"error:{kind}"
+
+    def _prepare(self, tgid: int, slot_cpus: frozenset[int]) -> Placement | str:
+        if tgid <= 1:
+            return self._refuse("pid1")
+        if tgid == self.own_tgid:
+            return self._refuse("self")
+        info = read_task(tgid)
+        if info.flags & PF_NO_SETAFFINITY:
+            return self._refuse("no_setaffinity")
+        if info.flags & PF_KTHREAD:
+            return self._refuse("kthread")
+        if not in_scope(self.scope, tgid, info.comm):
+            return self._refuse("out_of_scope")
+        allowed = cgroups.cpuset_allowed(tgid)
+        target = slot_cpus & allowed
+        if not target or (self.mode == "cpuset" and target != slot_cpus):
+            return self._refuse("outside_cpuset")
+        old = self.state.placements.get(tgid)
+        if old is not None and old.start == info.start:
+            originals, cgroup = old.originals, old.cgroup  # placed again (e.g. after exec): keep the first
+        else:
+            originals = {}
+            for tid in thread_ids(tgid):
+                try:
+                    originals[tid] = tuple(sorted(os.sched_getaffinity(tid)))
+                except OSError:
+                    continue  # the thread exited meanwhile
+            if not originals:
+                raise ProcessLookupError(tgid)
+            cgroup = Path(f"/proc/{tgid}/cpuset").read_text().strip() if self.cpusets else None
+        return Placement(tgid, info.start, info.comm, self.mode, tuple(sorted(target)), originals, cgroup)
+
+    def _apply(self, p: Placement) -> str | None:
+        """Make the recorded change; returns an outcome only when nothing could be changed."""
+        try:
+            if self.cpusets is not None:
+                self.cpusets.move(p.tgid, self.cpusets.leaf(p.applied))
+                return None
+            changed, seen, failure = 0, set(), None
+            for _ in range(3):  # threads born while we work inherit either mask: catch them too
+                tids = [t for t in thread_ids(p.tgid) if t not in seen]
+                if not tids:
+                    break
+                for tid in tids:
+                    seen.add(tid)
+                    try:
+                        os.sched_setaffinity(tid, p.applied)
+                        changed += 1
+                    except OSError as e:
+                        failure = self._error(e)
+            if changed:
+                return None
+            self.state.placements.pop(p.tgid, None)
+            return failure or self._error(ProcessLookupError(errno.ESRCH, "no thread left"))
+        except OSError as e:
+            self.state.placements.pop(p.tgid, None)
+            return self._error(e)
+
+    # ---------------------------------------------------------------- undoing
+    def forget(self, tgid: int) -> None:
+        """The task exited: nothing to restore any more."""
+        self.state.placements.pop(tgid, None)
+
+    def restore(self, p: Placement) -> str:
+        """Undo one placement: ``restored``, ``gone``, ``reused_pid`` or ``error:<kind>``."""
+        try:
+            info = read_task(p.tgid)
+        except ProcessLookupError:
+            return "gone"
+        if info.start != p.start:
+            self.refusals["reused_pid"] += 1
+            return "reused_pid"
+        try:
+            if p.mode == "cpuset" and p.cgroup is not None:
+                backend = self.cpusets or CpusetBackend()
+                if backend.owns(Path(f"/proc/{p.tgid}/cpuset").read_text().strip()):
+                    backend.move(p.tgid, backend.root / p.cgroup.lstrip("/"))
+            allowed = cgroups.cpuset_allowed(p.tgid)
+            for tid in thread_ids(p.tgid):
+                try:
+                    current = tuple(sorted(os.sched_getaffinity(tid)))
+                    if p.mode == "affinity" and current != p.applied:
+                        self.refusals["changed_elsewhere"] += 1  # someone else's mask now: leave it
+                        continue
+                    os.sched_setaffinity(tid, (set(p.original_for(tid)) & allowed) or allowed)
+                except OSError as e:
+                    self._error(e)
+        except OSError as e:
+            return self._error(e)
+        return "restored"
+
+    def restore_all(self) -> Counter[str]:
+        """Undo every placement (clean stop); the state file goes, the cgroups lbagent made too."""
+        outcomes = Counter(self.restore(p) for p in list(self.state.placements.values()))
+        self.state.placements.clear()
+        if not self.dry_run:  # a dry run never wrote the file: it may be a real daemon's
+            self.state.remove()
+        if self.cpusets is not None:
+            self.cpusets.teardown()
+        return outcomes
+
+    def safe_scan(self, slot_masks: list[frozenset[int]]) -> int:
+        """Without a trustworthy state file: free in-scope tasks pinned to exactly a slot's CPUs.
+
+        Their original masks are unknown, so each is reset to everything its cpuset allows (the
+        kernel default), and tasks found in lbagent's cpusets go back to the hierarchy's root.
+        Returns how many tasks were reset.
+        """
+        rescued = 0
+        if self.cpusets is not None:
+            for leaf in self.cpusets.leaves():
+                for line in (leaf / "cgroup.procs").read_text().split():
+                    try:
+                        self.cpusets.move(int(line), self.cpusets.root)
+                        rescued += 1
+                    except OSError as e:
+                        self._error(e)
+            self.cpusets.teardown()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in (1, self.own_tgid):
+                continue
+            pid = int(entry)
+            try:
+                info = read_task(pid)
+                if info.flags & (PF_KTHREAD | PF_NO_SETAFFINITY) or not in_scope(self.scope, pid, info.comm):
+                    continue
+                allowed = cgroups.cpuset_allowed(pid)
+                recognised = {frozenset(m & allowed) for m in slot_masks} - {allowed, frozenset()}
+                tids = thread_ids(pid)
+                if not all(frozenset(os.sched_getaffinity(t)) in recognised for t in tids):
+                    continue
+                for t in tids:
+                    os.sched_setaffinity(t, allowed)
+                rescued += 1
+            except OSError as e:
+                self._error(e)
+        return rescued
+

@@ -1,0 +1,199 @@
+"""The daemon's TOML configuration, validated completely before the daemon touches anything.
+
+A typo in a config file must never turn into a daemon that silently manages the wrong tasks, so
+every key is known, typed and range-checked here, and the first fault is reported as one line that
+names the file, the key and the reason. ``systemd/lbagent.toml`` is the documented default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from lbagent.errors import UserError
+
+MODES = ("affinity", "cpuset")
+PROBES = ("auto", "bpf", "procfs")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_METRICS_PORT = 9469
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file is a few hundred bytes; anything this big is a mistake, refused before reading."""
+
+
+class ConfigError(UserError):
+    """A config fault, already phrased as one line for the operator."""
+
+
+@dataclass(frozen=True)
+class ScopeConfig:
+    """Which tasks the daemon may touch; at least one field must be set (see :func:`_scope`)."""
+
+    cgroups: tuple[str, ...] = ()
+    """cgroup v2 paths relative to the unified hierarchy's root, e.g. ``/lbagent-demo``."""
+    comms: tuple[str, ...] = ()
+    uids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    scope: ScopeConfig = field(default_factory=ScopeConfig)
+    mode: str = "affinity"
+    policy: str = "default"
+    """A heuristic name (``sed``, ``jsq``...), a shipped policy name, or a path to a policy file."""
+    probe: str = "auto"
+    state_file: str = "/run/lbagent/state.json"
+    """On a tmpfs by default: the state only matters while the tasks it describes are alive."""
+    dry_run: bool = False
+    log_level: str = "info"
+    snapshot_interval: float = 0.05
+    """Seconds between probe snapshots that feed the per-slot features."""
+    metrics_address: str = f"127.0.0.1:{DEFAULT_METRICS_PORT}"
+    metrics_enabled: bool = True
+    source: str = "<defaults>"
+
+    @property
+    def metrics_host_port(self) -> tuple[str, int]:
+        host, _, port = self.metrics_address.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def with_overrides(self, **changes: Any) -> "Config":
+        """Command-line flags win over the file (``--dry-run``, ``--policy``)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+# Section -> key -> (expected type(s), checker or None). Checkers return an error reason or None.
+def _one_of(choices: tuple[str, ...]):
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
+
+
+def _positive_range(lo: float, hi: float):
+    return lambda v: None if lo <= v <= hi else f"must lie in [{lo}, {hi}], got {v}"
+
+
+def _non_empty(v: str) -> str | None:
+    return None if v.strip() else "must not be empty"
+
+
+def _absolute_path(v: str) -> str | None:
+    return None if v.startswith("/") else f"must be an absolute path, got {v!r}"
+
+
+def _address(v: str) -> str | None:
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"must be HOST:PORT with a port in 1..65535, got {v!r}"
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return f"host must be an IP address (e.g. 127.0.0.1), got {host!r}"
+    return None
+
+
+def _cgroup_list(v: list) -> str | None:
+    for p in v:
+        if not isinstance(p, str) or not p.startswith("/") or "/../" in p + "/" or "\0" in p:
+            return f"entries must be absolute cgroup paths like '/lbagent-demo', got {p!r}"
+    return None
+
+
+def _str_list(v: list) -> str | None:
+    for s in v:
+        if not isinstance(s, str) or not 0 < len(s) <= 15:
+            return f"entries must be command names of 1 to 15 characters, got {s!r}"
+    return None
+
+
+def _uid_list(v: list) -> str | None:
+    for u in v:
+        if isinstance(u, bool) or not isinstance(u, int) or not 0 <= u < 2**32 - 1:
+            return f"entries must be uids (integers >= 0), got {u!r}"
+    return None
+
+
+_SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
+    "scope": {
+        "cgroups": (list, _cgroup_list),
+        "comms": (list, _str_list),
+        "uids": (list, _uid_list),
+    },
+    "daemon": {
+        "mode": (str, _one_of(MODES)),
+        "policy": (str, _non_empty),
+        "probe": (str, _one_of(PROBES)),
+        "state_file": (str, _absolute_path),
+        "dry_run": (bool, None),
+        "log_level": (str, _one_of(LOG_LEVELS)),
+        "snapshot_interval": ((int, float), _positive_range(0.005, 5.0)),
+    },
+    "metrics": {
+        "enabled": (bool, None),
+        "address": (str, _address),
+    },
+}
+_FLAT_NAMES = {("metrics", "address"): "metrics_address", ("metrics", "enabled"): "metrics_enabled"}
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    """Validate TOML text into a :class:`Config`; raises :class:`ConfigError` naming the key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    values: dict[str, Any] = {}
+    for section, body in data.items():
+        if section not in _SCHEMA:
+            raise ConfigError(f"{source}: unknown section [{section}] (known: {', '.join(_SCHEMA)})")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: {section} must be a table [{section}], got {type(body).__name__}")
+        for key, value in body.items():
+            values[_FLAT_NAMES.get((section, key), key) if section != "scope" else f"scope.{key}"] = (
+                _checked(source, section, key, value)
+            )
+    scope = ScopeConfig(
+        cgroups=tuple(values.pop("scope.cgroups", ())),
+        comms=tuple(values.pop("scope.comms", ())),
+        uids=tuple(values.pop("scope.uids", ())),
+    )
+    if not (scope.cgroups or scope.comms or scope.uids):
+        raise ConfigError(
+            f"{source}: scope: set at least one of cgroups, comms, uids "
+            "(an empty scope would manage every task on the host)"
+        )
+    if "snapshot_interval" in values:
+        values["snapshot_interval"] = float(values["snapshot_interval"])
+    return Config(scope=scope, source=source, **values)
+
+
+def _checked(source: str, section: str, key: str, value: Any) -> Any:
+    known = _SCHEMA[section]
+    if key not in known:
+        raise ConfigError(f"{source}: {section}.{key}: unknown key (known: {', '.join(known)})")
+    types, check = known[key]
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        ok = False
+    else:
+        ok = isinstance(value, types)
+    if not ok:
+        want = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
+        raise ConfigError(f"{source}: {section}.{key}: must be {want}, got {type(value).__name__} {value!r}")
+    reason = check(value) if check else None
+    if reason:
+        raise ConfigError(f"{source}: {section}.{key}: {reason}")
+    return value
+
+
+def load_config(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p}: {size} bytes is too big for a config file (limit {MAX_CONFIG_BYTES})")
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config: {e.strerror or e}") from None
+    return parse_config(text, source=str(p))

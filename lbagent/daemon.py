@@ -1,0 +1,469 @@
+"""The live agent: probe events in, one policy decision per arriving task, placements out.
+
+Per arrival the daemon builds the contract's :class:`~lbagent.spaces.RawObservation` from the latest
+probe snapshot (runnable tasks and utilization per slot), its own record of the tasks it placed
+(placements in the window, work left), and the task's predicted work (the CPU time of earlier tasks
+with the same command name), asks the policy, and hands a slot to the actuator; ``KERNEL`` leaves the
+task alone. The reward the policy learns from is the contract's: minus the integral of the number of
+managed tasks in the system, computed from the kernel's arrival and exit timestamps.
+
+It never imports torch, the simulator or the training stack: a host only needs numpy and the probe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lbagent import cgroups, spaces
+from lbagent.actuate import Actuator
+from lbagent.config import Config, ConfigError, load_config
+from lbagent.errors import UserError
+from lbagent.metrics import Metrics, MetricsServer
+from lbagent.notify import Notifier
+from lbagent.probe.types import EventKind, Scope, Snapshot, TaskEvent
+from lbagent.state import StateFile, StateFileError
+from lbagent.topology import read_cpus
+
+log = logging.getLogger("lbagent.daemon")
+HISTORY_PER_COMM = 32
+MAX_COMMS = 4096
+PRUNE_INTERVAL = 5.0
+"""Seconds between sweeps for managed tasks whose exit event was lost (ring buffer full)."""
+DEFAULT_TASK_WORK = 0.05
+"""Seconds: the prior for a task whose command has never been seen exit (flagged task_unknown)."""
+
+
+# --------------------------------------------------------------------------------- logging
+class JsonLines(logging.Formatter):
+    """One JSON object per line: machine-readable logs for journald and for tests."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": round(record.created, 6), "level": record.levelname.lower(), "logger": record.name}
+        entry["msg"] = record.getMessage()
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(level: str) -> None:
+    root = logging.getLogger("lbagent")
+    if not any(isinstance(h.formatter, JsonLines) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonLines())
+        root.addHandler(handler)
+        root.propagate = False
+    root.setLevel(level.upper())
+
+
+def _info(msg: str, **fields) -> None:
+    log.info(msg, extra={"fields": fields})
+
+
+def _warn(msg: str, **fields) -> None:
+    log.warning(msg, extra={"fields": fields})
+
+
+# --------------------------------------------------------------------------------- policies
+def resolve_policy(spec: str, seed: int = 0):
+    """A heuristic name, a shipped policy name or a policy file (numpy only); a bad one is a UserError."""
+    from lbagent.policy.files import load_policy
+    from lbagent.policy.heuristics import HEURISTICS, make_heuristic
+
+    return make_heuristic(spec, seed) if spec in HEURISTICS else load_policy(spec)
+
+
+# --------------------------------------------------------------------------------- bookkeeping
+@dataclass
+class LiveTask:
+    tgid: int
+    comm: str
+    arrival_ns: int
+    slot: int | None
+    """The slot the daemon put it on, or None when the kernel decides (``KERNEL`` or not applied)."""
+    work: float
+
+
+class WorkHistory:
+    """Predicted work of a new task: the mean CPU time of the last tasks with its command name."""
+
+    def __init__(self) -> None:
+        self.by_comm: dict[str, deque[float]] = {}
+        self.overall = DEFAULT_TASK_WORK
+
+    def predict(self, comm: str) -> tuple[float, bool]:
+        seen = self.by_comm.get(comm)
+        return (sum(seen) / len(seen), False) if seen else (self.overall, True)
+
+    def record(self, comm: str, seconds: float) -> None:
+        if comm not in self.by_comm and len(self.by_comm) >= MAX_COMMS:
+            del self.by_comm[next(iter(self.by_comm))]  # forget the command seen first: memory stays bounded
+        self.by_comm.setdefault(comm, deque(maxlen=HISTORY_PER_COMM)).append(seconds)
+        self.overall += 0.05 * (seconds - self.overall)
+
+
+class SojournClock:
+    """The integral of the number of managed tasks in the system, between two decisions."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.last_ns: int | None = None
+        self.acc = 0.0
+
+    def advance(self, t_ns: int) -> None:
+        if self.last_ns is not None and t_ns > self.last_ns:
+            self.acc += self.n * (t_ns - self.last_ns) / 1e9
+        self.last_ns = t_ns if self.last_ns is None else max(self.last_ns, t_ns)
+
+    def arrive(self, t_ns: int) -> None:
+        self.advance(t_ns)
+        self.n += 1
+
+    def leave(self, t_ns: int) -> None:
+        self.advance(t_ns)
+        self.n = max(0, self.n - 1)
+
+    def take(self, t_ns: int) -> float:
+        self.advance(t_ns)
+        acc, self.acc = self.acc, 0.0
+        return acc
+
+
+class HostView:
+    """Turns a snapshot plus the daemon's own records into one RawObservation (B = 1)."""
+
+    def __init__(self) -> None:
+        self.layout = spaces.build_slots(read_cpus())
+        self.slot_masks = [frozenset(s.cpus) for s in self.layout.slots]
+        self.slot_of_cpu = self.layout.slot_of_cpu()
+
+    def raw(
+        self,
+        snap: Snapshot,
+        live: dict[int, LiveTask],
+        recent: deque[tuple[int, int]],
+        now_ns: int,
+        task_work: float,
+        unknown: bool,
+        since_last: float,
+    ) -> spaces.RawObservation:
+        m = spaces.MAX_SLOTS
+        runnable, util, count = np.zeros(m), np.zeros(m), np.zeros(m)
+        for c in snap.cpus:
+            s = self.slot_of_cpu.get(c.cpu)
+            if s is not None:
+                runnable[s] += c.runq
+                util[s] += c.util
+                count[s] += 1
+        util = np.where(count > 0, util / np.maximum(count, 1), 0.0)
+        while recent and now_ns - recent[0][0] > max(snap.window_ns, 1):
+            recent.popleft()  # placements older than the window no longer count
+        placed = np.bincount([s for _, s in recent], minlength=m)[:m].astype(float)
+        work_left = np.zeros(m)
+        for t in live.values():
+            if t.slot is not None:
+                work_left[t.slot] += max(t.work - (now_ns - t.arrival_ns) / 1e9, 0.0)
+        return spaces.RawObservation(
+            slot_mask=self.layout.mask[None],
+            capacity=self.layout.capacities[None],
+            runnable=runnable[None],
+            util=util[None],
+            placed=placed[None],
+            work_left=work_left[None],
+            task_work=np.array([task_work]),
+            task_unknown=np.array([unknown]),
+            since_last=np.array([since_last]),
+        )
+
+
+# --------------------------------------------------------------------------------- the daemon
+class Daemon:
+    """Owns the probe, policy, actuator and metrics; ``run`` loops until ``stop`` is requested."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: str | None = None,
+        overrides: dict | None = None,
+        policy=None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config, self.config_path, self.overrides = config, config_path, overrides or {}
+        self.notifier = notifier or Notifier()
+        self.metrics = Metrics()
+        self.view = HostView()
+        self.history = WorkHistory()
+        self.clock = SojournClock()
+        self.live: dict[int, LiveTask] = {}
+        self.recent: deque[tuple[int, int]] = deque(maxlen=4096)
+        self.stop_requested = self.reload_requested = False
+        self.last_decision_ns: int | None = None
+        self.decisions = 0
+        # Everything that can fail on bad input happens before anything on the host is touched.
+        self.probe_scope = resolve_scope(config)
+        self.policy = policy or resolve_policy(config.policy)
+        self.policy.begin_trial(1, 0)
+        self.server = self._bind_metrics(config)
+        try:
+            state = StateFile(config.state_file)
+            if not config.dry_run:
+                state.lock()
+            self.actuator = Actuator(config.mode, config.scope, state, dry_run=config.dry_run)
+            self.probe = self._open_probe(config)
+        except BaseException:
+            if self.server is not None:
+                self.server.close()
+            raise
+        self._register_metrics()
+        self.snap = self.probe.snapshot()
+        self.next_snapshot = time.monotonic() + config.snapshot_interval
+        self.next_watchdog = self.next_prune = time.monotonic()
+
+    # ---------------------------------------------------------------- start-up
+    def _bind_metrics(self, config: Config) -> MetricsServer | None:
+        if not config.metrics_enabled:
+            return None
+        host, port = config.metrics_host_port
+        try:
+            return MetricsServer(self.metrics, host, port)
+        except OSError as e:
+            raise UserError(f"{config.source}: metrics.address {config.metrics_address}: cannot bind: {e.strerror or e}") from None
+
+    def _open_probe(self, config: Config):
+        from lbagent.probe import ProbeUnavailable, open_probe
+
+        try:
+            probe = open_probe(config.probe, self.probe_scope)
+        except ProbeUnavailable as e:
+            raise UserError(str(e)) from None
+        _info("probe open", probe=probe.kind, scope=str(config.scope))
+        return probe
+
+    def recover(self) -> None:
+        """Undo what a previous daemon left behind: from its state file, or by a safe scan."""
+        path = self.actuator.state.path
+        if self.config.dry_run:
+            if path.exists():
+                _warn("dry run: leaving the state file and the tasks it records as they are", state_file=str(path))
+            return
+        try:
+            previous = StateFile.load(path)
+        except StateFileError as e:
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            os.replace(path, aside)
+            rescued = self.actuator.safe_scan(self.view.slot_masks)
+            log.error(f"{e}; moved it to {aside} and freed {rescued} task(s) by a safe scan",
+                      extra={"fields": {"rescued": rescued}})
+            return
+        if previous.placements:
+            outcomes = {p.tgid: self.actuator.restore(p) for p in previous.placements.values()}
+            _info("restored tasks of a previous run", outcomes=outcomes)
+        previous.remove()
+
+    def _register_metrics(self) -> None:
+        m, a = self.metrics, self.actuator
+        m.help.update(
+            lbagent_decisions_total="decisions by chosen action (slotN or kernel)",
+            lbagent_placements_total="placement outcomes (placed, dry_run, refused:reason, error:kind)",
+            lbagent_errors_total="failed kernel calls by errno kind (ESRCH, EINVAL, EPERM, other)",
+            lbagent_refusals_total="placements the safety rules refused, by rule",
+            lbagent_probe_lost_events_total="probe events dropped (ring buffer full, connector overrun)",
+            lbagent_managed_tasks="managed tasks alive now",
+            lbagent_reloads_total="SIGHUP reloads by result",
+        )
+        m.gauge("lbagent_errors_total", lambda: {(("kind", k),): float(v) for k, v in a.errors.items()})
+        m.gauge("lbagent_refusals_total", lambda: {(("rule", k),): float(v) for k, v in a.refusals.items()})
+        m.gauge("lbagent_probe_lost_events_total", lambda: float(self.probe.lost()))
+        m.gauge("lbagent_managed_tasks", lambda: float(len(self.live)))
+        m.gauge("lbagent_info", lambda: {(("policy", self.config.policy), ("probe", self.probe.kind),
+                                           ("mode", self.config.mode), ("dry_run", str(self.config.dry_run).lower())): 1.0})
+
+    # ---------------------------------------------------------------- the loop
+    def run(self) -> int:
+        self.recover()
+        self.notifier.ready(f"managing {self.config.scope} with {self.config.policy} via {self.probe.kind}")
+        _info("ready", policy=self.config.policy, probe=self.probe.kind, mode=self.config.mode,
+              dry_run=self.config.dry_run, slots=[list(s) for s in self.view.slot_masks],
+              metrics=self.server and "%s:%d" % self.server.address)
+        try:
+            while not self.stop_requested:
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self.reload()
+                self.step(0.05)
+        finally:
+            self.shutdown()
+        return 0
+
+    def step(self, timeout: float) -> None:
+        events = self.probe.poll(timeout)
+        if events:
+            self.handle(events)
+        now = time.monotonic()
+        if now >= self.next_snapshot:
+            self.snap = self.probe.snapshot()
+            self.next_snapshot = now + self.config.snapshot_interval
+        if now >= self.next_prune:
+            self.prune()
+            self.next_prune = now + PRUNE_INTERVAL
+        if self.notifier.watchdog_interval and now >= self.next_watchdog:
+            self.notifier.watchdog()
+            self.next_watchdog = now + self.notifier.watchdog_interval
+
+    def handle(self, events: list[TaskEvent]) -> None:
+        requests: dict[int, tuple[frozenset[int], int]] = {}
+        for ev in sorted(events, key=lambda e: e.ts_ns):
+            if ev.pid != ev.tgid:
+                continue  # a thread: it inherits its creator's mask, and restore covers every thread
+            if ev.kind == EventKind.ARRIVAL:
+                if ev.tgid in self.live:
+                    continue  # the exec after a fork: one decision per task
+                slot = self.decide(ev)
+                if slot is not None:
+                    requests[ev.tgid] = (self.view.slot_masks[slot], ev.ts_ns)
+            else:
+                task = self.live.pop(ev.tgid, None)
+                requests.pop(ev.tgid, None)
+                if ev.runtime_ns > 0:
+                    self.history.record(ev.comm, ev.runtime_ns / 1e9)
+                if task is not None:
+                    self.clock.leave(ev.ts_ns)
+                    self.actuator.forget(ev.tgid)
+        if requests:
+            tgids = list(requests)
+            outcomes = self.actuator.place_many([(t, requests[t][0]) for t in tgids])
+            done = time.monotonic_ns()
+            for tgid, outcome in zip(tgids, outcomes):
+                self.metrics.inc("lbagent_placements_total", outcome=outcome)
+                if outcome in ("placed", "dry_run"):
+                    self.metrics.observe_latency((done - requests[tgid][1]) / 1e9)
+                elif outcome.startswith("refused:") and outcome != "refused:outside_cpuset":
+                    del self.live[tgid]  # not ours to manage (out of scope, kernel thread...): not counted either
+                    self.clock.leave(done)
+                else:
+                    self.live[tgid].slot = None
+                if self.config.dry_run or log.isEnabledFor(logging.DEBUG):
+                    log.log(logging.INFO if self.config.dry_run else logging.DEBUG, "placement",
+                            extra={"fields": {"tgid": tgid, "cpus": sorted(requests[tgid][0]), "outcome": outcome}})
+
+    def prune(self) -> None:
+        """Forget managed tasks that are gone without an exit event (lost events must not leak memory)."""
+        now = time.monotonic_ns()
+        for tgid in [t for t in self.live if not os.path.exists(f"/proc/{t}")]:
+            del self.live[tgid]
+            self.clock.leave(now)
+            self.actuator.forget(tgid)
+
+    def decide(self, ev: TaskEvent) -> int | None:
+        """One decision for an arriving task: the slot to place it on, or None for KERNEL."""
+        self.clock.arrive(ev.ts_ns)
+        if self.last_decision_ns is not None:
+            self.policy.observe(spaces.reward(np.array([self.clock.take(ev.ts_ns)])), np.array([False]))
+        else:
+            self.clock.take(ev.ts_ns)
+        work, unknown = self.history.predict(ev.comm)
+        since = 0.0 if self.last_decision_ns is None else (ev.ts_ns - self.last_decision_ns) / 1e9
+        raw = self.view.raw(self.snap, self.live, self.recent, ev.ts_ns, work, unknown, max(since, 0.0))
+        mask = spaces.action_mask(raw)
+        action = int(spaces.validate_actions(self.policy.act(spaces.encode(raw), raw, mask), mask)[0])
+        self.last_decision_ns = ev.ts_ns
+        self.decisions += 1
+        label = "kernel" if action == spaces.KERNEL else f"slot{action}"
+        self.metrics.inc("lbagent_decisions_total", action=label)
+        slot = None if action == spaces.KERNEL else action
+        self.live[ev.tgid] = LiveTask(ev.tgid, ev.comm, ev.ts_ns, slot, work)
+        if slot is not None:
+            self.recent.append((ev.ts_ns, slot))
+        if log.isEnabledFor(logging.DEBUG) or (self.config.dry_run and slot is None):
+            log.log(logging.INFO if self.config.dry_run else logging.DEBUG, "decision",
+                    extra={"fields": {"tgid": ev.tgid, "comm": ev.comm, "action": label,
+                                      "work": round(work, 4), "unknown": unknown}})
+        return slot
+
+    # ---------------------------------------------------------------- signals
+    def reload(self) -> None:
+        """SIGHUP: new config and policy, same state. A bad file keeps the old one and says why."""
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path).with_overrides(**self.overrides) if self.config_path else self.config
+            fixed = [k for k in ("mode", "state_file", "probe", "metrics_address", "metrics_enabled")
+                     if getattr(new, k) != getattr(self.config, k)]
+            if fixed:
+                raise UserError(f"{', '.join(fixed)} cannot change on reload (restart the daemon)")
+            scope = resolve_scope(new)
+            policy = resolve_policy(new.policy)
+        except UserError as e:
+            self.metrics.inc("lbagent_reloads_total", result="rejected")
+            _warn("reload rejected, keeping the running config and policy", reason=str(e))
+            self.notifier.ready()
+            return
+        policy.begin_trial(1, 0)
+        if scope != self.probe_scope:
+            self.probe.close()
+            self.probe_scope = scope
+            self.probe = self._open_probe(new)
+        self.policy, self.config = policy, new
+        self.actuator.scope, self.actuator.dry_run = new.scope, new.dry_run
+        logging.getLogger("lbagent").setLevel(new.log_level.upper())
+        self.metrics.inc("lbagent_reloads_total", result="applied")
+        _info("reloaded", policy=new.policy, scope=str(new.scope), dry_run=new.dry_run)
+        self.notifier.ready()
+
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        outcomes = self.actuator.restore_all()
+        _info("stopped: restored every changed task", outcomes=dict(outcomes), decisions=self.decisions)
+        self.probe.close()
+        if self.server is not None:
+            self.server.close()
+
+
+def resolve_scope(config: Config) -> Scope:
+    """The probe's scope: cgroup paths become the ids the kernel reports; a missing one is an error."""
+    ids = set()
+    if config.scope.cgroups:
+        root = cgroups.unified_root()
+        if root is None:
+            raise ConfigError(f"{config.source}: scope.cgroups: this host has no cgroup v2 mount")
+        for path in config.scope.cgroups:
+            try:
+                ids.add(cgroups.cgroup_id(root, path))
+            except OSError:
+                raise ConfigError(f"{config.source}: scope.cgroups: {path} does not exist under {root}") from None
+    return Scope(frozenset(ids), frozenset(config.scope.comms), frozenset(config.scope.uids))
+
+
+DEFAULT_CONFIG = "/etc/lbagent/lbagent.toml"
+
+
+def run(config_path: str | None, *, dry_run: bool = False, policy: str | None = None) -> int:
+    """``lbagent run``: load and check everything, then loop until SIGTERM/SIGINT; SIGHUP reloads."""
+    path = config_path or DEFAULT_CONFIG
+    if not config_path and not Path(path).exists():
+        raise ConfigError(f"no config given and {DEFAULT_CONFIG} does not exist (pass --config FILE)")
+    overrides = {"dry_run": True if dry_run else None, "policy": policy}
+    config = load_config(path).with_overrides(**overrides)
+    setup_logging(config.log_level)
+    daemon = Daemon(config, config_path=path, overrides=overrides)
+
+    def on_stop(signum, frame) -> None:
+        daemon.stop_requested = True
+
+    def on_hup(signum, frame) -> None:
+        daemon.reload_requested = True
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    return daemon.run()

@@ -1,0 +1,156 @@
+"""A real, seeded workload for the demo and the benchmarks: CPU-burning tasks in their own cgroup.
+
+The schedule (arrival times and CPU work per task) is drawn once from a seed, so the kernel, a
+heuristic and the learned policy face exactly the same tasks. Arrivals are bursty (a two-state
+modulated Poisson process: calm, then bursts at several times the rate) and sizes heavy-tailed
+(Pareto, alpha 1.5, as in Park's load_balance), which is where placement matters.
+
+The generator runs as its own process (``python -m lbagent.workload``): it moves itself into the
+workload cgroup first, then forks one child per task at its arrival time; the child burns exactly
+its CPU work and exits; completion times come from pidfds, not from polling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Task:
+    at: float
+    """Seconds after the start of the run."""
+    work: float
+    """CPU seconds the task burns."""
+    hold: float = 0.0
+    """Seconds the task sleeps first (the latency benchmark needs tasks that live past the daemon's reaction)."""
+
+
+def make_schedule(
+    seed: int,
+    seconds: float,
+    cpu_load: float = 0.9,
+    mean_work: float = 0.06,
+    alpha: float = 1.5,
+    max_work: float = 2.0,
+    burst_factor: float = 4.0,
+) -> list[Task]:
+    """Tasks whose total work is about ``cpu_load`` CPUs for ``seconds``, bursty and heavy-tailed."""
+    rng = np.random.default_rng(seed)
+    rate = cpu_load / mean_work
+    calm_rate, burst_rate = rate * 0.5, rate * burst_factor
+    burst_share = 0.5 / (burst_factor - 1.0)  # mean burst length that keeps the average rate at ``rate``
+    scale = mean_work * (alpha - 1) / alpha
+    tasks, t, bursting = [], 0.0, False
+    phase_end = rng.exponential(1.0)
+    while True:
+        t += rng.exponential(1.0 / (burst_rate if bursting else calm_rate))
+        while t > phase_end:
+            bursting = not bursting
+            phase_end += rng.exponential(burst_share if bursting else 1.0)
+        if t >= seconds:
+            return tasks
+        work = min(float(scale * (rng.pareto(alpha) + 1.0)), max_work)
+        tasks.append(Task(round(t, 6), round(work, 6)))
+
+
+def burn(work: float) -> None:
+    """Consume ``work`` seconds of this process's CPU time (not wall time: sharing slows it down)."""
+    end = time.process_time() + work
+    while time.process_time() < end:
+        pass
+
+
+def generate(tasks: list[Task], cgroup_procs: str | None, drain: float = 1e9) -> list[tuple[float, float, bool]]:
+    """Run the schedule from this process: (arrival, completion time, finished) per task.
+
+    Tasks still running ``drain`` seconds after the last arrival are killed and reported unfinished,
+    with their time so far (a lower bound): a demo on a swamped host still ends on time.
+    """
+    if cgroup_procs:
+        Path(cgroup_procs).write_text("0")
+    start = time.monotonic()
+    pending: dict[int, tuple[int, int, float]] = {}  # pidfd -> (pid, index, arrival)
+    results: list[tuple[float, float, bool]] = [(0.0, 0.0, False)] * len(tasks)
+    poller = select.poll()
+    stop_at = start + (tasks[-1].at if tasks else 0.0) + drain
+    i = 0
+    while i < len(tasks) or pending:
+        now = time.monotonic() - start
+        if i == len(tasks) and time.monotonic() > stop_at:
+            for fd, (pid, index, arrival) in pending.items():
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                os.close(fd)
+                results[index] = (arrival - start, time.monotonic() - arrival, False)
+            break
+        while i < len(tasks) and tasks[i].at <= now:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    time.sleep(tasks[i].hold)
+                    burn(tasks[i].work)
+                finally:
+                    os._exit(0)
+            fd = os.pidfd_open(pid)
+            pending[fd] = (pid, i, time.monotonic())
+            poller.register(fd, select.POLLIN)
+            i += 1
+        wait_ms = max(0.0, (tasks[i].at - (time.monotonic() - start)) * 1e3) if i < len(tasks) else 100
+        for fd, _ in poller.poll(wait_ms):
+            done = time.monotonic()
+            pid, index, arrival = pending.pop(fd)
+            poller.unregister(fd)
+            os.close(fd)
+            os.waitpid(pid, 0)
+            results[index] = (arrival - start, done - arrival, True)
+    return results
+
+
+def run(tasks: list[Task], cgroup_dir: Path | None, drain: float = 1e9) -> list[tuple[float, float, bool]]:
+    """Run the generator as a child process (so only it and its tasks join the cgroup)."""
+    payload = json.dumps({"tasks": [[t.at, t.work, t.hold] for t in tasks], "drain": drain,
+                          "cgroup_procs": str(cgroup_dir / "cgroup.procs") if cgroup_dir else None})
+    timeout = (tasks[-1].at if tasks else 0.0) + min(drain, 3600) + 60
+    out = subprocess.run([sys.executable, "-m", "lbagent.workload"], input=payload, capture_output=True,
+                         text=True, timeout=timeout, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"workload generator failed: {out.stderr.strip()[-500:]}")
+    return [tuple(r) for r in json.loads(out.stdout)]
+
+
+class NoisyNeighbour:
+    """A process outside the workload's scope, pinned to one CPU, busy ``duty`` of the time."""
+
+    def __init__(self, cpu: int, duty: float = 0.5, period: float = 0.01) -> None:
+        code = (
+            "import os, time\n"
+            f"os.sched_setaffinity(0, {{{cpu}}})\n"
+            "while True:\n"
+            f"    end = time.monotonic() + {duty * period}\n"
+            "    while time.monotonic() < end: pass\n"
+            f"    time.sleep({(1 - duty) * period})\n"
+        )
+        self.proc = subprocess.Popen([sys.executable, "-c", code])
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _main() -> None:
+    spec = json.loads(sys.stdin.read())
+    tasks = [Task(a, w, h) for a, w, h in spec["tasks"]]
+    json.dump(generate(tasks, spec.get("cgroup_procs"), spec["drain"]), sys.stdout)
+
+
+if __name__ == "__main__":
+    _main()

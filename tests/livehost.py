@@ -1,0 +1,134 @@
+"""Real-host fixtures for kernel tests: throwaway cgroups and processes that live in them.
+
+Every helper cleans up after itself (kills what it started, removes what it created), because these
+tests run on a shared machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from lbagent import cgroups
+
+SLEEPER = "import threading, time\nfor _ in range({threads}): threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\ntime.sleep(60)\n"
+
+
+@contextmanager
+def v2_cgroup(name: str):
+    """A fresh cgroup v2 directory; yields (path relative to the v2 root, its directory)."""
+    root = cgroups.unified_root()
+    assert root is not None, "no cgroup v2 mount"
+    d = root / f"{name}-{os.getpid()}"
+    d.mkdir(exist_ok=True)
+    try:
+        yield "/" + d.name, d
+    finally:
+        kill_all(d)
+        d.rmdir()
+
+
+def kill_all(d: Path) -> None:
+    for _ in range(50):
+        pids = [int(p) for p in (d / "cgroup.procs").read_text().split()]
+        if not pids:
+            return
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.02)
+
+
+def spawn_in(d: Path | None, threads: int = 0, argv: list[str] | None = None) -> subprocess.Popen:
+    """Start a sleeper (with extra threads) inside cgroup directory ``d`` before it runs any code."""
+    fd = os.open(d / "cgroup.procs", os.O_WRONLY) if d is not None else None
+
+    def join() -> None:
+        if fd is not None:
+            os.write(fd, b"0")
+
+    proc = subprocess.Popen(
+        argv or [sys.executable, "-c", SLEEPER.format(threads=threads)],
+        preexec_fn=join,
+        pass_fds=(fd,) if fd is not None else (),
+    )
+    if fd is not None:
+        os.close(fd)
+    deadline = time.monotonic() + 5
+    while len(os.listdir(f"/proc/{proc.pid}/task")) < threads + 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return proc
+
+
+def masks(pid: int) -> dict[int, frozenset[int]]:
+    return {int(t): frozenset(os.sched_getaffinity(int(t))) for t in os.listdir(f"/proc/{pid}/task")}
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+@contextmanager
+def cpuset_controller_on_v2():
+    """Move the cpuset controller from its v1 mount to cgroup v2 for the duration, then give it back.
+
+    On a hybrid host (cpuset on v1, v2 at /sys/fs/cgroup/unified) unmounting the v1 hierarchy frees
+    the controller for v2. Afterwards v2 lets go of it and the v1 mount is restored, retrying while
+    the kernel is still releasing it. On a host where v2 already has cpuset this does nothing.
+    """
+    root, v1 = cgroups.unified_root(), cgroups.v1_cpuset_root()
+    if v1 is None:
+        assert cgroups.v2_has_cpuset(root), "no cpuset controller anywhere"
+        yield
+        return
+    _retry(lambda: subprocess.run(["umount", str(v1)], check=True, capture_output=True), 5)
+    try:
+        deadline = time.monotonic() + 3
+        while not cgroups.v2_has_cpuset(root):
+            assert time.monotonic() < deadline, (
+                "the kernel did not hand the cpuset controller to cgroup v2 after the v1 unmount: the v1 "
+                "hierarchy is still referenced (a child cgroup, an open file or another mount namespace)"
+            )
+            time.sleep(0.05)
+        yield
+    finally:
+
+        def give_back() -> None:
+            if "cpuset" in (root / "cgroup.subtree_control").read_text().split():
+                (root / "cgroup.subtree_control").write_text("-cpuset")
+            subprocess.run(["mount", "-t", "cgroup", "-o", "cpuset", "cgroup", str(v1)], check=True, capture_output=True)
+
+        _retry(give_back, 10)
+
+
+def _retry(action, seconds: float) -> None:
+    """The kernel releases a cgroup hierarchy asynchronously: EBUSY for a moment is normal."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            action()
+            return
+        except (OSError, subprocess.CalledProcessError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@contextmanager
+def sleepers(d: Path | None, n: int = 0, threads: int = 0):
+    """``n`` sleepers in cgroup ``d``; the yielded list may grow, and everything in it is stopped."""
+    procs = [spawn_in(d, threads) for _ in range(n)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            stop(p)

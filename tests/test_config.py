@@ -1,0 +1,79 @@
+"""Config validation: every fault is one line naming file, key and reason, before anything is touched."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lbagent.config import ConfigError, load_config, parse_config
+
+DEFAULT = Path(__file__).resolve().parent.parent / "systemd" / "lbagent.toml"
+SCOPE = '[scope]\ncgroups = ["/x"]\n'
+
+
+def test_documented_default_loads():
+    c = load_config(DEFAULT)
+    assert c.scope.cgroups == ("/lbagent.slice",) and c.mode == "affinity" and c.probe == "auto"
+    assert c.metrics_host_port == ("127.0.0.1", 9469)
+    assert c.state_file == "/run/lbagent/state.json" and c.dry_run is False
+
+
+def test_minimal_config_and_overrides():
+    c = parse_config('[scope]\ncomms = ["burn"]\nuids = [1000]\n[daemon]\nsnapshot_interval = 1\n')
+    assert c.scope.comms == ("burn",) and c.scope.uids == (1000,) and c.snapshot_interval == 1.0
+    assert c.with_overrides(dry_run=True, policy=None).dry_run is True
+    assert c.with_overrides(policy="sed").policy == "sed"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (SCOPE + "[daemon]\nmdoe = 'cpuset'\n", "daemon.mdoe: unknown key"),
+        (SCOPE + "[deamon]\n", r"unknown section \[deamon\]"),
+        (SCOPE + "[daemon]\nmode = 'pin'\n", "daemon.mode: must be one of affinity, cpuset, got 'pin'"),
+        (SCOPE + "[daemon]\ndry_run = 'yes'\n", "daemon.dry_run: must be bool, got str"),
+        (SCOPE + "[daemon]\nsnapshot_interval = true\n", "daemon.snapshot_interval: must be int or float"),
+        (SCOPE + "[daemon]\nsnapshot_interval = 0\n", r"daemon.snapshot_interval: must lie in \[0.005, 5.0\]"),
+        (SCOPE + "[daemon]\nstate_file = 'rel/state.json'\n", "daemon.state_file: must be an absolute path"),
+        (SCOPE + "[daemon]\nprobe = 'bcc'\n", "daemon.probe: must be one of auto, bpf, procfs"),
+        (SCOPE + "[metrics]\naddress = 'localhost:80'\n", "metrics.address: host must be an IP address"),
+        (SCOPE + "[metrics]\naddress = '127.0.0.1:99999'\n", "metrics.address: must be HOST:PORT"),
+        ('[scope]\ncgroups = ["relative"]\n', "scope.cgroups: entries must be absolute cgroup paths"),
+        ('[scope]\ncomms = ["a-command-name-longer-than-15"]\n', "scope.comms: entries must be command names"),
+        ("[scope]\nuids = [-1]\n", "scope.uids: entries must be uids"),
+        ("[scope]\ncgroups = '/x'\n", "scope.cgroups: must be list, got str"),
+        ("[scope]\n", "scope: set at least one of cgroups, comms, uids"),
+        ("scope = 3\n", "scope must be a table"),
+        ("[scope\n", "not valid TOML"),
+    ],
+)
+def test_errors_name_key_and_reason(text, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        parse_config(text, source="f.toml")
+    assert str(e.value).startswith("f.toml: ") and "\n" not in str(e.value)
+
+
+def test_unreadable_and_huge_files_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.toml")
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * (2 << 20))
+    with pytest.raises(ConfigError, match="too big for a config file"):
+        load_config(big)
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(binary)
+
+
+def test_cli_exits_2_with_one_line_and_touches_nothing(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SCOPE + "[daemon]\nmode = 'pin'\nstate_file = '%s/state.json'\n" % tmp_path)
+    out = subprocess.run([sys.executable, "-m", "lbagent.cli", "run", "--config", str(bad)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"lbagent: error: {bad}: daemon.mode: must be one of affinity, cpuset, got 'pin'"
+    assert list(tmp_path.iterdir()) == [bad]
