@@ -301,7 +301,8 @@ class Actuator:
         """Undo every placement (clean stop); the state file goes, the cgroups lbagent made too."""
         outcomes = Counter(self.restore(p) for p in list(self.state.placements.values()))
         self.state.placements.clear()
-        self.state.remove()
+        if not self.dry_run:  # a dry run never wrote the file: it may be a real daemon's
+            self.state.remove()
         if self.cpusets is not None:
             self.cpusets.teardown()
         return outcomes

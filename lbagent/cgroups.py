@@ -112,19 +112,19 @@ def online_cpus() -> frozenset[int]:
 def cpuset_allowed(pid: int) -> frozenset[int]:
     """CPUs the task's cpuset permits: a mask the daemon sets is always clipped to this."""
     try:
-        path = Path(f"/proc/{pid}/cpuset").read_text().strip()
+        with open(f"/proc/{pid}/cpuset") as f:
+            path = f.read().strip().lstrip("/")
     except FileNotFoundError:
         raise ProcessLookupError(pid) from None
     table = mounts()
-    v2, v1 = unified_root(table), v1_cpuset_root(table)
-    candidates = []
+    v1 = v1_cpuset_root(table)
     if v1 is not None:
-        candidates.append(v1 / path.lstrip("/") / "cpuset.effective_cpus")
-    elif v2 is not None:  # no v1 cpuset mount: the controller (if any) lives on v2
-        candidates.append(v2 / path.lstrip("/") / "cpuset.cpus.effective")
-    for c in candidates:
-        try:
-            return parse_cpulist(c.read_text())
-        except OSError:
-            continue
-    return online_cpus()
+        effective = os.path.join(v1, path, "cpuset.effective_cpus")
+    else:  # no v1 cpuset mount: the controller (if any) lives on v2
+        v2 = unified_root(table)
+        effective = os.path.join(v2, path, "cpuset.cpus.effective") if v2 is not None else ""
+    try:
+        with open(effective) as f:
+            return parse_cpulist(f.read())
+    except OSError:
+        return online_cpus()

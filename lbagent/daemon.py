@@ -103,7 +103,7 @@ class WorkHistory:
 
     def predict(self, comm: str) -> tuple[float, bool]:
         seen = self.by_comm.get(comm)
-        return (float(np.mean(seen)), False) if seen else (self.overall, True)
+        return (sum(seen) / len(seen), False) if seen else (self.overall, True)
 
     def record(self, comm: str, seconds: float) -> None:
         if comm not in self.by_comm and len(self.by_comm) >= MAX_COMMS:
@@ -216,7 +216,10 @@ class Daemon:
         self.policy.begin_trial(1, 0)
         self.server = self._bind_metrics(config)
         try:
-            self.actuator = Actuator(config.mode, config.scope, StateFile(config.state_file), dry_run=config.dry_run)
+            state = StateFile(config.state_file)
+            if not config.dry_run:
+                state.lock()
+            self.actuator = Actuator(config.mode, config.scope, state, dry_run=config.dry_run)
             self.probe = self._open_probe(config)
         except BaseException:
             if self.server is not None:
@@ -250,6 +253,10 @@ class Daemon:
     def recover(self) -> None:
         """Undo what a previous daemon left behind: from its state file, or by a safe scan."""
         path = self.actuator.state.path
+        if self.config.dry_run:
+            if path.exists():
+                _warn("dry run: leaving the state file and the tasks it records as they are", state_file=str(path))
+            return
         try:
             previous = StateFile.load(path)
         except StateFileError as e:

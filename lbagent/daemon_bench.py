@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 from lbagent import cgroups, workload
-from lbagent.demo import UNIT_NICE, DaemonProcess, demo_config
+from lbagent.demo import DaemonProcess, demo_config
 from lbagent.errors import UserError
 from lbagent.metrics import histogram_quantile, parse, scrape
 
@@ -74,11 +74,11 @@ def measure(rate: float, seconds: float, policy: str, probe: str) -> dict:
     try:
         with tempfile.TemporaryDirectory(prefix="lbagent-bench-", dir=RUNTIME_DIR) as tmp:
             config = demo_config("/" + cg.name, Path(tmp) / "state.json", metrics=address, probe=probe)
-            daemon = DaemonProcess(config, policy, Path(tmp), UNIT_NICE)
+            daemon = DaemonProcess(config, policy, Path(tmp), unit_scheduling=True)
             try:
                 idle_rss = psutil.Process(daemon.proc.pid).memory_info().rss / 2**20
                 sampler = Sampler(daemon.proc.pid)
-                results = workload.run(tasks, cg, timeout=seconds + 60)
+                results = workload.run(tasks, cg)
                 time.sleep(0.2)  # the last exits reach the daemon
                 peak_rss, cpu = sampler.finish()
                 metrics = parse(scrape(address))

@@ -8,21 +8,27 @@ id, because after a reboot every task it describes is gone and PIDs mean somethi
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lbagent.errors import UserError
 
 FORMAT = "lbagent-state"
 VERSION = 1
 MAX_STATE_BYTES = 64 << 20
 
 
-class StateFileError(ValueError):
+class StateFileError(UserError):
     """The state file cannot be trusted (corrupt, truncated, foreign): one line saying why."""
 
 
+@functools.cache
 def boot_id() -> str:
+    """Constant until the next boot, so read once (the state file is written per placement batch)."""
     return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
@@ -62,9 +68,23 @@ class StateFile:
     def __init__(self, path: str | Path, placements: dict[int, Placement] | None = None) -> None:
         self.path = Path(path)
         self.placements: dict[int, Placement] = placements or {}
+        self._dir_ready = False
+
+    def lock(self) -> None:
+        """Hold ``<state>.lock`` for the process's lifetime: two daemons must never share one record."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateFileError(f"state file {self.path}: another lbagent daemon is using it (its lock is held)") from None
+        self._lock_fd = fd
 
     def save(self) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self._dir_ready:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._dir_ready = True
         body = json.dumps(
             {
                 "format": FORMAT,

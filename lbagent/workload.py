@@ -69,17 +69,29 @@ def burn(work: float) -> None:
         pass
 
 
-def generate(tasks: list[Task], cgroup_procs: str | None) -> list[tuple[float, float]]:
-    """Run the schedule from this process; returns (arrival, completion) wall seconds per task."""
+def generate(tasks: list[Task], cgroup_procs: str | None, drain: float = 1e9) -> list[tuple[float, float, bool]]:
+    """Run the schedule from this process: (arrival, completion time, finished) per task.
+
+    Tasks still running ``drain`` seconds after the last arrival are killed and reported unfinished,
+    with their time so far (a lower bound): a demo on a swamped host still ends on time.
+    """
     if cgroup_procs:
         Path(cgroup_procs).write_text("0")
     start = time.monotonic()
     pending: dict[int, tuple[int, int, float]] = {}  # pidfd -> (pid, index, arrival)
-    results: list[tuple[float, float]] = [(0.0, 0.0)] * len(tasks)
+    results: list[tuple[float, float, bool]] = [(0.0, 0.0, False)] * len(tasks)
     poller = select.poll()
+    stop_at = start + (tasks[-1].at if tasks else 0.0) + drain
     i = 0
     while i < len(tasks) or pending:
         now = time.monotonic() - start
+        if i == len(tasks) and time.monotonic() > stop_at:
+            for fd, (pid, index, arrival) in pending.items():
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                os.close(fd)
+                results[index] = (arrival - start, time.monotonic() - arrival, False)
+            break
         while i < len(tasks) and tasks[i].at <= now:
             pid = os.fork()
             if pid == 0:
@@ -92,21 +104,22 @@ def generate(tasks: list[Task], cgroup_procs: str | None) -> list[tuple[float, f
             pending[fd] = (pid, i, time.monotonic())
             poller.register(fd, select.POLLIN)
             i += 1
-        wait_ms = max(0.0, (tasks[i].at - (time.monotonic() - start)) * 1e3) if i < len(tasks) else 1000
+        wait_ms = max(0.0, (tasks[i].at - (time.monotonic() - start)) * 1e3) if i < len(tasks) else 100
         for fd, _ in poller.poll(wait_ms):
             done = time.monotonic()
             pid, index, arrival = pending.pop(fd)
             poller.unregister(fd)
             os.close(fd)
             os.waitpid(pid, 0)
-            results[index] = (arrival - start, done - arrival)
+            results[index] = (arrival - start, done - arrival, True)
     return results
 
 
-def run(tasks: list[Task], cgroup_dir: Path | None, timeout: float) -> list[tuple[float, float]]:
+def run(tasks: list[Task], cgroup_dir: Path | None, drain: float = 1e9) -> list[tuple[float, float, bool]]:
     """Run the generator as a child process (so only it and its tasks join the cgroup)."""
-    payload = json.dumps({"tasks": [[t.at, t.work, t.hold] for t in tasks],
+    payload = json.dumps({"tasks": [[t.at, t.work, t.hold] for t in tasks], "drain": drain,
                           "cgroup_procs": str(cgroup_dir / "cgroup.procs") if cgroup_dir else None})
+    timeout = (tasks[-1].at if tasks else 0.0) + min(drain, 3600) + 60
     out = subprocess.run([sys.executable, "-m", "lbagent.workload"], input=payload, capture_output=True,
                          text=True, timeout=timeout, check=False)
     if out.returncode != 0:
@@ -136,7 +149,7 @@ class NoisyNeighbour:
 def _main() -> None:
     spec = json.loads(sys.stdin.read())
     tasks = [Task(a, w, h) for a, w, h in spec["tasks"]]
-    json.dump(generate(tasks, spec.get("cgroup_procs")), sys.stdout)
+    json.dump(generate(tasks, spec.get("cgroup_procs"), spec["drain"]), sys.stdout)
 
 
 if __name__ == "__main__":

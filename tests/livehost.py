@@ -92,7 +92,7 @@ def cpuset_controller_on_v2():
         return
     _retry(lambda: subprocess.run(["umount", str(v1)], check=True, capture_output=True), 5)
     try:
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 3
         while not cgroups.v2_has_cpuset(root):
             assert time.monotonic() < deadline, (
                 "the kernel did not hand the cpuset controller to cgroup v2 after the v1 unmount: the v1 "

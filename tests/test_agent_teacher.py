@@ -1,5 +1,5 @@
-"""The teacher-guided start (per-row teacher, stored labels, schedules, BC loss), imagination from a
-subset of starts, and the choice of acting mode for the shipped policy."""
+"""The teacher-guided start (per-row teacher, stored labels, schedules, BC loss) and imagination from a
+subset of starts."""
 
 from __future__ import annotations
 
@@ -98,20 +98,3 @@ def test_imagination_from_a_subset_of_starts_still_trains_actor_and_critic(tmp_p
     after = trainer.agent.state_dict()
     assert all(not torch.equal(before[k], after[k]) for k in before if k.endswith("linear.weight"))
 
-
-def test_the_better_acting_mode_on_held_out_seeds_is_the_one_shipped(tmp_path):
-    from lbagent.agent.train import pick_acting_mode
-
-    cfg = replace(TINY, eval_episodes=1, pick_acting=True, greedy_eval=True)
-    trainer = DreamerTrainer(Preset("smoke", "park", "park", cfg, "test"), 0, tmp_path, cfg)
-    trainer.run(until_env_steps=80)
-    greedy = trainer.evaluate()
-    logged: list[dict] = []
-    chosen = pick_acting_mode(trainer, greedy, logged.append)
-    sampled = logged[0]
-    assert logged[0]["kind"] == "eval_other_acting" and sampled["greedy"] is False
-    assert chosen["mean_jct"] == min(greedy["mean_jct"], sampled["mean_jct"])
-    assert trainer.cfg.greedy_eval == (chosen is greedy)
-    path = trainer.write_policy("test", chosen)
-    from lbagent.policy.files import load_policy
-    assert load_policy(path).greedy == trainer.cfg.greedy_eval

@@ -19,6 +19,7 @@ from lbagent.config import parse_config
 from lbagent.daemon import MAX_COMMS, Daemon, HostView, LiveTask, SojournClock, WorkHistory
 from lbagent.daemon_bench import free_port
 from lbagent.demo import DaemonProcess, demo_config
+from lbagent.errors import UserError
 from lbagent.probe.types import CpuSample, EventKind, Snapshot, TaskEvent
 from livehost import masks, sleepers, spawn_in, stop, v2_cgroup
 
@@ -213,14 +214,29 @@ def test_corrupt_state_file_is_refused_and_a_safe_scan_frees_tasks(scope):
 @pytest.mark.kernel
 def test_dry_run_decides_and_logs_but_changes_nothing(scope):
     path, directory, tmp = scope
-    d = DaemonProcess(demo_config(path, tmp / "state.json", dry_run=True), "round_robin", tmp)
+    for sub in ("real", "third"):
+        (tmp / sub).mkdir()
+    real = DaemonProcess(demo_config(path, tmp / "state.json"), "round_robin", tmp / "real")
+    with pytest.raises(UserError, match="another lbagent daemon is using it"):
+        DaemonProcess(demo_config(path, tmp / "state.json"), "round_robin", tmp / "third")
+    dry = DaemonProcess(demo_config(path, tmp / "state.json", dry_run=True), "round_robin", tmp)
+
+    def dry_placements() -> list[dict]:
+        return [e for e in log_lines(dry) if e["msg"] == "placement"]
+
     with sleepers(directory, 2) as procs:
-        wait_for(lambda: sum(e["msg"] == "placement" for e in log_lines(d)) == 2, what="dry-run log lines")
-        placements = [e for e in log_lines(d) if e["msg"] == "placement"]
-        assert {e["tgid"] for e in placements} == {p.pid for p in procs}
-        assert all(e["outcome"] == "dry_run" for e in placements)
+        wait_for(lambda: len(dry_placements()) == 2 and all(pinned(p.pid) for p in procs), what="both daemons")
+        assert dry.stop() == 0
+        # Beside a real daemon, a dry run neither restores its tasks nor removes its state file.
+        assert all(pinned(p.pid) for p in procs) and (tmp / "state.json").exists()
+        assert real.stop() == 0 and all(free(p.pid) for p in procs)
+        dry = DaemonProcess(demo_config(path, tmp / "state.json", dry_run=True), "round_robin", tmp)
+        procs += [spawn_in(directory) for _ in range(2)]
+        wait_for(lambda: len(dry_placements()) == 2, what="dry-run log lines")
+        assert {e["tgid"] for e in dry_placements()} == {p.pid for p in procs[2:]}
+        assert all(e["outcome"] == "dry_run" for e in dry_placements())
         assert all(free(p.pid) for p in procs) and not (tmp / "state.json").exists()
-        assert d.stop() == 0
+        assert dry.stop() == 0
 
 
 def write_policy(path: Path, favourite: int) -> None:
@@ -288,11 +304,11 @@ def unit_capabilities() -> list[str]:
 @pytest.mark.kernel
 @pytest.mark.parametrize("probe", ["bpf", "procfs"])
 def test_works_with_only_the_units_capabilities_and_memory_deny_write_execute(scope, probe):
-    """The unit's capability bounding set, no_new_privs and MDWE, as systemd applies them."""
+    """The unit's capability bounding set, no_new_privs, MDWE and real-time scheduling, as systemd applies them."""
     path, directory, tmp = scope
     caps = unit_capabilities()
     wrapper = ["setpriv", "--nnp", "--bounding-set", "-all," + ",".join("+" + c[4:].lower() for c in caps), *MDWE_EXEC]
-    d = DaemonProcess(demo_config(path, tmp / "state.json", probe=probe), "round_robin", tmp, wrapper=wrapper)
+    d = DaemonProcess(demo_config(path, tmp / "state.json", probe=probe), "round_robin", tmp, True, wrapper)
     with sleepers(directory) as procs:
         status = Path(f"/proc/{d.proc.pid}/status").read_text()
         bounding = int(next(x for x in status.splitlines() if x.startswith("CapBnd:")).split()[1], 16)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -84,3 +86,14 @@ def test_server_binds_loopback_and_status_reads_it():
         assert "decisions: slot0 1" in render(text)
     finally:
         server.close()
+
+
+def test_status_without_a_daemon_is_one_line_and_exit_2():
+    from lbagent.daemon_bench import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    out = subprocess.run([sys.executable, "-m", "lbagent.cli", "status", "--address", address],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"lbagent: error: no lbagent daemon answering at {address}: ")
+    assert len(out.stderr.strip().splitlines()) == 1

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lbagent import service
-from lbagent.demo import UNIT_NICE
+from lbagent.demo import UNIT_RT_PRIORITY, UNIT_RTTIME_US
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "lbagent.service"
 EXPOSURE_LIMIT = 3.6  # irqbalance's hardened unit
@@ -53,7 +53,9 @@ def test_every_capability_is_justified_and_the_essentials_are_set():
     assert settings["Type"] == "notify" and settings["Restart"] == "on-failure"
     assert settings["WatchdogSec"] and settings["RuntimeDirectoryPreserve"] == "restart"
     assert settings["ProtectControlGroups"] == "yes" and "ReadWritePaths=/sys/fs/cgroup" in text
-    assert int(settings["Nice"]) == UNIT_NICE  # the demo and the bench run the daemon as the unit does
+    # The demo and the bench run the daemon with the unit's scheduling.
+    assert settings["CPUSchedulingPolicy"] == "fifo" and int(settings["CPUSchedulingPriority"]) == UNIT_RT_PRIORITY
+    assert settings["LimitRTTIME"] == "%ds:%ds" % tuple(u // 1_000_000 for u in UNIT_RTTIME_US)
 
 
 def test_install_keeps_an_edited_config_and_uninstall_removes(installed):

@@ -55,9 +55,9 @@ class DreamerConfig:
     horizon: int = 15
     """Imagination horizon in decisions (paper: 15)."""
     imag_starts: int = 0
-    """Replayed states that imagination starts from per update, drawn at random; 0 = all
-    batch * seq_len of them (the paper). Imagination and its backward pass are ~80 % of an update on
-    a CPU, so fewer starts buy more updates (and more world-model training) per hour."""
+    """Replayed states imagination starts from per update; 0 = all batch x seq_len (the paper).
+    Imagination and the actor-critic losses are most of an update's cost on a CPU, so a random subset
+    buys more updates per hour."""
     actor_lr: float = 3e-5
     """Adam learning rate of the actor (paper: 3e-5)."""
     critic_lr: float = 3e-5
@@ -96,12 +96,8 @@ class DreamerConfig:
     eval_every: int = 50_000
     """Evaluate the policy on held-out seeds every this many environment steps."""
     greedy_eval: bool = False
-    """Evaluate and ship the actor acting greedily (posterior mode, most likely action) instead of
-    sampling as it was trained. Sampling is the safe default: a barely trained actor's argmax can put
-    every task on one slot; a confident actor may do better greedy. Recorded in the policy file."""
-    pick_acting: bool = False
-    """After training, also evaluate the other acting mode (greedy vs sampling) on the same held-out
-    seeds and ship whichever has the lower mean JCT (both figures go to metrics.jsonl)."""
+    """Periodic evaluations act greedily (posterior mode, most likely action) instead of sampling as
+    trained. (The final evaluation tries both and the policy file records the better one.)"""
     eval_episodes: int = 4
     """Episodes per held-out evaluation (one per held-out seed)."""
     checkpoint_every: int = 50_000
