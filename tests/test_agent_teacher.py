@@ -98,3 +98,24 @@ def test_imagination_from_a_subset_of_starts_still_trains_actor_and_critic(tmp_p
     after = trainer.agent.state_dict()
     assert all(not torch.equal(before[k], after[k]) for k in before if k.endswith("linear.weight"))
 
+
+
+def test_ship_best_keeps_the_weights_of_the_best_held_out_evaluation(tmp_path):
+    from safetensors.numpy import load_file
+
+    cfg = replace(TINY, eval_episodes=1, ship_best=True, greedy_eval=False)
+    trainer = DreamerTrainer(Preset("smoke", "park", "park", cfg, "test"), 0, tmp_path, cfg)
+    trainer.run(until_env_steps=48)  # prefill: the actor is still near uniform
+    good = trainer.evaluate()
+    kept = trainer.agent.export_weights()
+    with torch.no_grad():  # now every job goes to server 0: far worse on held-out seeds
+        trainer.agent.actor.head.out.bias[0] = 50.0
+    final = trainer.final_evaluation()
+    assert final["mean_jct"] > good["mean_jct"]
+    assert trainer.counters.best["evaluation"] is good
+    path = trainer.write_policy("test", final)
+    shipped = load_file(str(path))
+    assert all(np.array_equal(shipped[k], v) for k, v in kept.items())
+    from lbagent.policy.files import load_policy
+    meta = load_policy(path).metadata["evaluation"]
+    assert meta["mean_jct"] == good["mean_jct"] and meta["final"]["mean_jct"] == final["mean_jct"]

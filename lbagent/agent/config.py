@@ -98,6 +98,10 @@ class DreamerConfig:
     greedy_eval: bool = False
     """Periodic evaluations act greedily (posterior mode, most likely action) instead of sampling as
     trained. (The final evaluation tries both and the policy file records the better one.)"""
+    ship_best: bool = False
+    """Ship the weights of the best held-out evaluation of the run (periodic or final, in its acting
+    mode) instead of the last ones: a guard against late drift once the teacher has faded. The
+    selection uses the trainer's own evaluation seeds, never those ``lbagent eval`` reports on."""
     eval_episodes: int = 4
     """Episodes per held-out evaluation (one per held-out seed)."""
     checkpoint_every: int = 50_000
