@@ -6,10 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-# Before numpy loads: every matrix lbagent multiplies in numpy is small (policy layers over at most
-# a few dozen rows), where OpenBLAS's thread pool costs more than it saves. Measured here: a 16x256 @
-# 256x384 float32 product took 0.65 ms threaded and 0.08 ms on one thread, and on a busy host the
-# threaded actor slowed sim-train's collection to 130 env steps/s.
+# Before numpy loads: one OpenBLAS thread (why: lbagent/blas.py, which does the same after loading).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import click  # noqa: E402
