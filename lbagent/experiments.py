@@ -60,8 +60,10 @@ def adaptation(specs: list[str], suite_name: str = "shift", trials: int = 4, see
 
 
 def forgetting(algo: str, preset_name: str, suite_name: str, scenario_a: str, scenario_b: str,
-               env_steps: int, seed: int, out: Path, episodes: int = 4) -> dict:
-    """Train ``env_steps`` on A, evaluate on A, train ``env_steps`` on B, evaluate on A again."""
+               env_steps: int, seed: int, out: Path, episodes: int = 4, overrides: dict | None = None) -> dict:
+    """Train ``env_steps`` on A, evaluate on A, train ``env_steps`` on B, evaluate on A again.
+
+    ``overrides`` replaces fields of the preset's DreamerConfig (e.g. a shorter prefill)."""
     from lbagent.agent.train import PRESETS, evaluate_actor
     from lbagent.sim.scenarios import load_suite, make_vector_env
 
@@ -86,13 +88,14 @@ def forgetting(algo: str, preset_name: str, suite_name: str, scenario_a: str, sc
         from lbagent.agent.train import DreamerTrainer
 
         cfg = replace(preset.config, env_steps=2 * env_steps, wall_minutes=1e9, eval_every=10**12,
-                      checkpoint_every=10**12)
+                      checkpoint_every=10**12, **(overrides or {}))
         trainer = DreamerTrainer(preset, seed, out, cfg, env=env_of(a))
         trainer.run(until_env_steps=env_steps)
         after_a = score(trainer.eval_policy())
         trainer.switch_env(env_of(b), seed + 1)
         trainer.run(until_env_steps=2 * env_steps)
         after_b = score(trainer.eval_policy())
+        updates = trainer.counters.updates
     else:
         from stable_baselines3 import A2C
 
@@ -105,9 +108,10 @@ def forgetting(algo: str, preset_name: str, suite_name: str, scenario_a: str, sc
         model.set_env(ContractVecEnv(env_of(b), num_envs))
         model.learn(total_timesteps=env_steps, reset_num_timesteps=False)
         after_b = score(MlpActor(*export_weights(model), name="a2c"))
+        updates = model._n_updates
     return {"experiment": "forgetting", "algo": algo, "preset": preset_name, "suite": suite_name,
             "scenario_a": scenario_a, "scenario_b": scenario_b, "env_steps_each": env_steps, "seed": seed,
-            "a_mean_jct_after_a": after_a, "a_mean_jct_after_b": after_b,
+            "updates": updates, "a_mean_jct_after_a": after_a, "a_mean_jct_after_b": after_b,
             "forgetting": after_b / after_a - 1.0}
 
 

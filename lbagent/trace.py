@@ -136,7 +136,10 @@ class TraceWriter:
 
     def __init__(self, path: str | Path, header: Header):
         self.path = Path(path)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent or ".")
+        try:
+            fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent or ".")
+        except OSError as exc:
+            raise TraceError(f"{self.path}: cannot write the trace here ({exc.strerror})") from None
         os.fchmod(fd, 0o600)
         raw = os.fdopen(fd, "wb")
         self._raw = raw
@@ -265,8 +268,15 @@ def read_trace(path: str | Path, max_bytes: int = MAX_TRACE_BYTES) -> Trace:
     path = Path(path)
     if not path.is_file():
         raise TraceError(f"{path}: no such trace file")
+    try:
+        return _parse_lines(path, _lines(path, max_bytes))
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _parse_lines(path: Path, lines: Iterable[tuple[int, bytes]]) -> Trace:
     trace: Trace | None = None
-    for number, line in _lines(path, max_bytes):
+    for number, line in lines:
         where = f"{path}:{number}"
         if not line.strip():
             raise TraceError(f"{where}: empty line")
@@ -347,8 +357,11 @@ class _PerfTask:
 
 def perf_script_text(path: Path) -> Iterable[str]:
     """Lines of ``perf script`` output; a binary ``perf.data`` is run through ``perf script``."""
-    with open(path, "rb") as f:
-        magic = f.read(8)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(8)
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read ({exc.strerror})") from None
     if magic.startswith(b"PERFILE"):
         try:
             out = subprocess.run(["perf", "script", "--header", "-i", str(path)], capture_output=True, text=True,

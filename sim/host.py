@@ -54,7 +54,6 @@ from lbagent.sim.workload import (
     Fixed,
     Shift,
     StepDraws,
-    Workload,
     WorkloadSpace,
     next_gap,
     predicted_work,
@@ -84,6 +83,8 @@ class Trace:
         t, w = np.asarray(self.arrival, float), np.asarray(self.work, float)
         if t.ndim != 1 or t.shape != w.shape or t.size == 0:
             raise ValueError(f"trace needs equal, non-empty 1-D arrival and work arrays, got {t.shape} and {w.shape}")
+        if not (np.isfinite(t).all() and np.isfinite(w).all()):
+            raise ValueError("trace arrival times and work must be finite numbers")
         if np.any(np.diff(t) < 0) or t[0] < 0:
             raise ValueError("trace arrival times must be non-negative and ascending")
         if np.any(w <= 0):
@@ -145,8 +146,15 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         balance_interval: float = 0.004,
         util_window: float = 4.0,
     ) -> "HostVectorEnv":
-        """Replay a recorded workload: one episode is the whole trace (its first arrival at its time)."""
-        trace = Trace(np.asarray(arrival, float), np.asarray(work, float), tuple(capacities), predicted)
+        """Replay a recorded workload: one episode is the whole trace, every row the same tasks.
+
+        Arrival times are taken relative to the first one (a recording's absolute clock does not
+        matter); ``capacities`` are the CPUs' base capacities, one slot each (at most 16: group a
+        bigger host into slots first). Without ``predicted`` the host predictor is modelled.
+        """
+        times = np.asarray(arrival, float)
+        times = times - times[0] if times.size else times
+        trace = Trace(times, np.asarray(work, float), tuple(capacities), predicted)
         space = WorkloadSpace(
             {
                 "tasks": Fixed(int(trace.work.size)),
@@ -189,9 +197,10 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.k += 1
         ending = self.k >= self.w.tasks
         target = np.where(ending, np.inf, self._next_arrival(draws))
+        self._window = (self.w.util_window * self.w.mean_work)[:, None]  # seconds, this step
         task_time = self._advance(target, ending)
-        decay = np.exp(-(self.now - self.last)[:, None] / (self.w.util_window * self.w.mean_work)[:, None])
-        self.placed *= decay
+        self._shrink_table()
+        self.placed *= np.exp(-(self.now - self.last)[:, None] / self._window)
         rew = spaces.reward(task_time, self.w.mean_work)
         self.ep_return += rew
         self._redraw_background(draws)
@@ -227,6 +236,8 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.n = np.zeros((B, C), dtype=np.int64)
         self.nu = np.zeros((B, C), dtype=np.int64)
         self.mintag = np.full((B, C), np.inf)
+        """Per CPU, the smallest tag (its next task to finish) and, below, the second smallest."""
+        self.min2tag = np.full((B, C), np.inf)
         self.minidx = np.zeros((B, C), dtype=np.int64)
         self.capeff = np.zeros((B, C))
         self.bg_on = np.zeros((B, C), dtype=bool)
@@ -237,6 +248,8 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.bal_src = np.zeros(B, dtype=np.int64)
         self.bal_dst = np.zeros(B, dtype=np.int64)
         self.t_active = np.zeros((B, N), dtype=bool)
+        self.hi = 0
+        """Columns of the task table in use: no env has an active task at or beyond it."""
         self.t_cpu = np.zeros((B, N), dtype=np.int64)
         self.t_tag = np.zeros((B, N))
         self.t_work = np.zeros((B, N))
@@ -262,6 +275,11 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         for name in ("t_active", "t_cpu", "t_tag", "t_work", "t_pred", "t_pinned", "t_id", "t_arr"):
             old = getattr(self, name)
             setattr(self, name, np.concatenate([old, np.zeros_like(old)], axis=1))
+
+    def _shrink_table(self) -> None:
+        """Lower the in-use bound after completions, so scans skip columns nobody occupies."""
+        used = np.flatnonzero(self.t_active[:, : self.hi].any(axis=0))
+        self.hi = int(used[-1]) + 1 if used.size else 0
 
     def _grow_episode(self, T: int) -> None:
         pad = T - self.ep_arrival.shape[1]
@@ -299,7 +317,9 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.n[rows] = 0
         self.nu[rows] = 0
         self.mintag[rows] = np.inf
+        self.min2tag[rows] = np.inf
         self.t_active[rows] = False
+        self._shrink_table()
         self.ep_exit[rows] = np.nan
         self.bal_ok[rows] = False
         self.bg_on[rows] = (d.bg_v < w.bg_prob[:, None]) | w.bg_always
@@ -356,10 +376,10 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         load, cap = self._kernel_load(rows)
         kernel_cpu = np.argmin(load - TIE_EPS * cap, axis=1)
         cpu = np.where(kernel, kernel_cpu, a)
-        free = np.argmin(self.t_active, axis=1)
-        if self.t_active[rows, free].any():
+        if self.hi == self.t_active.shape[1] and self.t_active.all(axis=1).any():
             self._grow_tasks()
-            free = np.argmin(self.t_active, axis=1)
+        free = np.argmin(self.t_active[:, : self.hi + 1], axis=1)
+        self.hi = max(self.hi, int(free.max()) + 1)
         tag = self.V[rows, cpu] + self.pend_work
         self.t_active[rows, free] = True
         self.t_cpu[rows, free] = cpu
@@ -371,9 +391,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.t_arr[rows, free] = self.now
         self.n[rows, cpu] += 1
         self.nu[rows, cpu] += kernel
-        first = tag < self.mintag[rows, cpu]
-        self.mintag[rows[first], cpu[first]] = tag[first]
-        self.minidx[rows[first], cpu[first]] = free[first]
+        self._note_tag(rows, cpu, tag, free)
         self.placed[rows, cpu] += 1.0
         self.ep_arrival[rows, self.k] = self.now
         self.ep_work[rows, self.k] = self.pend_work
@@ -399,30 +417,43 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         if rows.size == 0:
             return
         src, dst = self.bal_src[rows], self.bal_dst[rows]
-        movable = self.t_active[rows] & ~self.t_pinned[rows] & (self.t_cpu[rows] == src[:, None])
-        j = np.argmax(np.where(movable, self.t_arr[rows], -np.inf), axis=1)
-        tag = self.V[rows, dst] + (self.t_tag[rows, j] - self.V[rows, src])
+        used = slice(0, self.hi)
+        movable = self.t_active[rows, used] & ~self.t_pinned[rows, used] & (self.t_cpu[rows, used] == src[:, None])
+        j = np.argmax(np.where(movable, self.t_arr[rows, used], -np.inf), axis=1)
+        old_tag = self.t_tag[rows, j]
+        tag = self.V[rows, dst] + (old_tag - self.V[rows, src])
         self.t_tag[rows, j] = tag
         self.t_cpu[rows, j] = dst
         self.n[rows, src] -= 1
         self.nu[rows, src] -= 1
         self.n[rows, dst] += 1
         self.nu[rows, dst] += 1
-        was_min = self.minidx[rows, src] == j
-        self._refresh_min(rows[was_min], src[was_min])
-        first = tag < self.mintag[rows, dst]
-        self.mintag[rows[first], dst[first]] = tag[first]
-        self.minidx[rows[first], dst[first]] = j[first]
+        was_front = old_tag <= self.min2tag[rows, src]
+        self._refresh_min(rows[was_front], src[was_front])
+        self._note_tag(rows, dst, tag, j)
+
+    def _note_tag(self, b: np.ndarray, c: np.ndarray, tag: np.ndarray, j: np.ndarray) -> None:
+        """Task j with ``tag`` joined CPU c of env b (distinct envs): keep its two smallest tags."""
+        first = tag < self.mintag[b, c]
+        second = ~first & (tag < self.min2tag[b, c])
+        self.min2tag[b[first], c[first]] = self.mintag[b[first], c[first]]
+        self.mintag[b[first], c[first]] = tag[first]
+        self.minidx[b[first], c[first]] = j[first]
+        self.min2tag[b[second], c[second]] = tag[second]
 
     def _refresh_min(self, b: np.ndarray, c: np.ndarray) -> None:
         """Recompute the earliest-finishing task of CPU c in env b (pairs may repeat an env)."""
         if b.size == 0:
             return
-        mine = self.t_active[b] & (self.t_cpu[b] == c[:, None])
-        key = np.where(mine, self.t_tag[b], np.inf)
+        used = slice(0, self.hi)
+        mine = self.t_active[b, used] & (self.t_cpu[b, used] == c[:, None])
+        key = np.where(mine, self.t_tag[b, used], np.inf)
         j = np.argmin(key, axis=1)
+        r = np.arange(b.size)
         self.minidx[b, c] = j
-        self.mintag[b, c] = key[np.arange(b.size), j]
+        self.mintag[b, c] = key[r, j]
+        key[r, j] = np.inf
+        self.min2tag[b, c] = key.min(axis=1)
 
     # --------------------------------------------------------------------------------------------
     # time
@@ -437,6 +468,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         """
         task_time = np.zeros(self.num_envs)
         R = np.arange(self.num_envs)
+        self._update_balance(R)
         while R.size:
             R = R[~draining[R] | (self.n[R].sum(axis=1) > 0)]
             if R.size == 0:
@@ -445,24 +477,48 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
             self._run_cpus(R, H, task_time)
             ticked = R[H < target[R]]
             self._update_balance(ticked)
-            self._migrate(ticked[self.bal_ok[ticked]])
+            moved = ticked[self.bal_ok[ticked]]
+            self._migrate(moved)
+            self._update_balance(moved)
             R = ticked
         return task_time
 
     def _horizon(self, R: np.ndarray, target: np.ndarray) -> np.ndarray:
-        self._update_balance(R)
+        """How far the CPUs of R may run on their own clocks: no balancing move can happen before.
+
+        With a move available, that is the next tick. Without one, only a completion can create
+        a move, and only on a CPU that then becomes a good enough destination: after its k-th
+        completion CPU c would take a task at load (n_c - k + 1 + bg_c) / cap_c, which must fall
+        below the busiest other CPU holding an unpinned task (loads only fall until the next
+        arrival, so today's value bounds it). Its first two completion times are exact from the
+        two smallest tags; a later k is bounded below by the second. The horizon is the first
+        tick after the earliest such completion (or the target when none can come). The cached
+        balancing move (``bal_ok``) must describe the current state of R.
+        """
         now = self.now[R]
         n = self.n[R]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ttf = np.where(n > 0, np.maximum(self.mintag[R] - self.V[R], 0.0) * n / self.capeff[R], np.inf)
-        first_done = now + ttf.min(axis=1)
+        cap = self.w.capacity[R]
+        bg = self.bg[R]
+        capeff = self.capeff[R]
+        present = cap > 0
+        load = np.where(present, (n + bg) / np.where(present, cap, 1.0), -np.inf)
+        src_load = np.where(self.nu[R] > 0, load, -np.inf)
+        top = np.argmax(src_load, axis=1)
+        r = np.arange(R.size)
+        best = src_load[r, top]
+        src_load[r, top] = -np.inf
+        others = np.where(np.arange(self.width)[None, :] == top[:, None], src_load.max(axis=1)[:, None], best[:, None])
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            k = np.maximum(np.floor(n + 1 + bg - others * cap - 1e-6) + 1, 1)
+            t1 = np.maximum(self.mintag[R] - self.V[R], 0.0) * n / capeff
+            t2 = t1 + np.maximum(self.min2tag[R] - self.mintag[R], 0.0) * (n - 1) / capeff
+        can = present & (n > 0) & (k <= n)
+        enabling = np.where(can, np.where(k <= 1, t1, t2), np.inf).min(axis=1)
+        start = np.where(self.bal_ok[R], now, now + enabling)
         interval = self.w.balance_interval[R]
-        unpinned = self.nu[R].sum(axis=1) > 0
-        ok = self.bal_ok[R]
-        start = np.where(ok, now, first_done)
         with np.errstate(invalid="ignore"):
             tick = (np.floor(start / interval + TICK_EPS) + 1.0) * interval
-        return np.where(unpinned & np.isfinite(start), np.minimum(target, tick), target)
+        return np.where(np.isfinite(start), np.minimum(target, tick), target)
 
     def _run_cpus(self, R: np.ndarray, H: np.ndarray, task_time: np.ndarray) -> None:
         """Every CPU of the envs R runs on its own clock to H[R] (or until it is empty, H infinite)."""
@@ -482,8 +538,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
             task_time[rows] += (n * dt).sum(axis=1)
             self.delivered[rows] += (np.where(busy_cpu, capeff, 0.0) * dt).sum(axis=1)
             busy = np.where(busy_cpu, 1.0, self.bg[rows])
-            window = (self.w.util_window * self.w.mean_work)[rows]
-            self.util[rows] = busy + (self.util[rows] - busy) * np.exp(-dt / window[:, None])
+            self.util[rows] = busy + (self.util[rows] - busy) * np.exp(-dt / self._window[rows])
             with np.errstate(divide="ignore", invalid="ignore"):
                 self.V[rows] = V + np.where(busy_cpu, capeff / n, 0.0) * dt
             clock = clock + dt
@@ -509,7 +564,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
     def _work_left(self) -> np.ndarray:
         """Per CPU: sum of max(predicted work - service received, 0) over its tasks (the host's estimate)."""
         B, C = self.num_envs, self.width
-        b, j = np.nonzero(self.t_active)
+        b, j = np.nonzero(self.t_active[:, : self.hi])
         cpu = self.t_cpu[b, j]
         received = self.t_work[b, j] - (self.t_tag[b, j] - self.V[b, cpu])
         est = np.maximum(self.t_pred[b, j] - received, 0.0)

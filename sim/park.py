@@ -139,6 +139,7 @@ class ParkLoadBalanceEnv(gym.Env):
         return np.array(loads, dtype=np.float64)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)  # gymnasium's bookkeeping; Park's draws come from self._rng
         if seed is not None:
             self._rng = np.random.RandomState(seed)
         self._start_episode()
@@ -212,18 +213,18 @@ class _ParkVector(VectorEnv):
             e.rewind_to_park_position()
         e.new_episode()
         self._on_reset()
-        return self._observe(np.zeros(self.num_envs, dtype=bool))
+        return self._observe()
 
     def step(self, actions):
         actions = self._check_actions(actions)
         park_reward, ended = self.engine.step(actions)
         terminated = np.full(self.num_envs, ended)
-        reward = self._reward(park_reward, actions)
+        reward = self._reward(park_reward)
         final: dict[str, Any] = {}
         if ended:
-            final = self._episode_end(reward)
+            final = self._episode_end()
             self.engine.new_episode()
-        obs, info = self._observe(terminated)
+        obs, info = self._observe()
         info.update(final)
         return obs, reward, terminated, np.zeros(self.num_envs, dtype=bool), info
 
@@ -232,20 +233,20 @@ class _ParkVector(VectorEnv):
         e = self.engine
         return (e.job_finish - e.arrivals).astype(np.float64)
 
-    # Hooks
+    # What the subclasses define: their actions, rewards, observations and episode summaries.
     def _on_reset(self) -> None:
         pass
 
     def _check_actions(self, actions) -> np.ndarray:
         raise NotImplementedError
 
-    def _reward(self, park_reward: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    def _reward(self, park_reward: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _episode_end(self, reward: np.ndarray) -> dict[str, Any]:
+    def _episode_end(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _observe(self, terminated: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    def _observe(self) -> tuple[np.ndarray, dict[str, Any]]:
         raise NotImplementedError
 
 
@@ -273,10 +274,10 @@ class ParkLoadBalanceVectorEnv(_ParkVector):
             raise ValueError(f"park: actions must lie in [0, {self.params.num_servers}), got {bad.tolist()}")
         return a
 
-    def _reward(self, park_reward: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        return park_reward.astype(np.float64)
+    def _reward(self, park_reward: np.ndarray) -> np.ndarray:
+        return park_reward
 
-    def _episode_end(self, reward: np.ndarray) -> dict[str, Any]:
+    def _episode_end(self) -> dict[str, Any]:
         every = np.ones(self.num_envs, dtype=bool)
         return {
             "final_obs": self.engine.park_obs(),
@@ -285,7 +286,7 @@ class ParkLoadBalanceVectorEnv(_ParkVector):
             "_mean_jct": every,
         }
 
-    def _observe(self, terminated: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    def _observe(self) -> tuple[np.ndarray, dict[str, Any]]:
         return self.engine.park_obs(), {"curr_time": self.engine.now.copy()}
 
 
@@ -346,12 +347,12 @@ class ParkContractVectorEnv(_ParkVector):
         self._placed[np.arange(self.num_envs), a] = 1.0
         return a
 
-    def _reward(self, park_reward: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    def _reward(self, park_reward: np.ndarray) -> np.ndarray:
         reward = spaces.reward(-park_reward, self.time_unit)
         self._return += reward
         return reward
 
-    def _episode_end(self, reward: np.ndarray) -> dict[str, Any]:
+    def _episode_end(self) -> dict[str, Any]:
         e = self.engine
         jct = self._jct()
         slowdown = jct / (e.sizes / self._max_rate)
@@ -363,7 +364,7 @@ class ParkContractVectorEnv(_ParkVector):
         self._trial_start = self._episodes_in_trial % self.episodes_per_trial == 0
         return {"episode": stats}
 
-    def _observe(self, terminated: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    def _observe(self) -> tuple[np.ndarray, dict[str, Any]]:
         raw = self._raw()
         B = self.num_envs
         starting = np.full(B, self.engine.k == 0)

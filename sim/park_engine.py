@@ -8,10 +8,11 @@ exactly without a heap, from three facts:
   so job ``j`` finishes at ``max(arrival_j, finish_of_previous_on_that_server) + int(size_j / rate)``.
   Each server keeps its unfinished jobs in a ring buffer with three per-server counters: jobs
   assigned, jobs *started* (left Park's queue), jobs whose completion event was *processed*.
-- **Everything between two decisions is one time window.** Decision ``k`` happens at the arrival of
-  job ``k``; the next at ``T = arrival_{k+1}``. A server's completions in the window are a prefix of its ring, popped in passes over the
-  servers that still have one. The reward is minus the integral of the number of jobs in the
-  system over the window: ``jobs_in_system * (T - t) - sum over popped jobs of (T - finish)``.
+- **Everything between two decisions is one time window.** Decision ``k`` happens at the arrival
+  of job ``k`` (time ``now``); the next at ``T = arrival_{k+1}``. A server's completions in the
+  window are a prefix of its ring, popped in passes over the servers that still have one. The
+  reward is minus the integral of the number of jobs in the system over the window:
+  ``jobs_in_system * (T - now) - sum over popped jobs of (T - finish)``.
 - **Ties are decided by when an event was pushed.** Park pops an arrival and a completion at the
   same time in push order. Arrival ``k+1`` is pushed during step ``k`` right after the action, so a
   completion at exactly ``T`` is popped *after* it (not yet processed at decision ``k+1``) exactly
@@ -284,12 +285,14 @@ class ParkBatch:
         self.cur_cum_size[row] = np.where(start, cs, self.cur_cum_size[row])
         older = np.flatnonzero(start & (first < n))
         if older.size:
-            self._load_current(row[older], first[older])
+            rows = row[older]
+            self._load_current(rows, rows * r.capacity, first[older])
         self.job_finish_t[self.k] = fin
         self.in_system += 1
 
-    def _load_current(self, rows: np.ndarray, index: np.ndarray) -> None:
-        at = self.rings.at(rows, index)
+    def _load_current(self, rows: np.ndarray, base: np.ndarray, index: np.ndarray) -> None:
+        """Make job ``index`` of each server Park's current job (``base``: the rows' ring offsets)."""
+        at = base + (index & self.rings.mask)
         self.cur_fin[rows] = self.rings.fin[at]
         self.cur_cum_size[rows] = self.rings.cum_size[at]
 
@@ -328,7 +331,7 @@ class ParkBatch:
         # process() after each pop starts the next queued job if the popped one was current.
         started = np.maximum(started_before, np.minimum(head + 1, assigned))
         self.n_started[rows] = started
-        self._load_current(rows, started - 1)
+        self._load_current(rows, base, started - 1)
         # Sum over jobs in the system of (min(finish, T) - now): the popped ones end before T.
         integral = self.in_system * (t_next - now) - np.bincount(env, weights=early, minlength=self.num_envs)
         self.in_system -= np.bincount(env, weights=head - popped_before, minlength=self.num_envs)

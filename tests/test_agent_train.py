@@ -52,3 +52,42 @@ def test_smoke_preset_learns_and_beats_random_on_held_out_seeds(tmp_path):
     policy = load_policy(path)
     assert policy.metadata["preset"] == "smoke" and policy.metadata["evaluation"]["mean_jct"] == final["mean_jct"]
     assert policy.metadata["command"].startswith("lbagent")
+
+
+def test_a2c_export_reproduces_the_sb3_policy_and_its_action_remap(tmp_path):
+    from stable_baselines3 import A2C
+
+    from lbagent.agent.a2c import ContractVecEnv, export_weights
+    from lbagent.agent.train import make_suite_env
+    from lbagent.policy.numpy_actor import MlpActor, remap_masked_actions
+
+    venv = ContractVecEnv(make_suite_env("park", 2, 3), 2)
+    model = A2C("MlpPolicy", venv, seed=3, device="cpu")
+    model.learn(total_timesteps=40)
+    assert model.num_timesteps == 40
+    actor = MlpActor(*export_weights(model), name="a2c")
+    obs = np.random.default_rng(0).normal(size=(6, venv.observation_space.shape[0])).astype(np.float32)
+    with torch.no_grad():
+        sb3_logits = model.policy.get_distribution(torch.from_numpy(obs)).distribution.logits.numpy()
+    ours = actor.logits(obs)
+    assert np.abs((ours - ours.max(-1, keepdims=True)) - (sb3_logits - sb3_logits.max(-1, keepdims=True))).max() < 1e-4
+    # park has 10 slots and no KERNEL: the adapter's remap sends every SB3 choice to a valid slot
+    mask = venv.mask
+    assert (mask[:, :10].all()) and not mask[:, 10:].any()
+    assert mask[np.arange(2), remap_masked_actions(np.array([16, 12]), mask)].all()
+
+
+def test_sim_train_refuses_to_clobber_a_run_or_resume_nothing(tmp_path):
+    from click.testing import CliRunner
+
+    from lbagent.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["sim-train", "--preset", "smoke", "--out", str(tmp_path), "--resume"])
+    assert result.exit_code == 2 and "no checkpoint to resume" in result.output
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")
+    result = runner.invoke(main, ["sim-train", "--preset", "smoke", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "already holds a run" in result.output
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"x"
+    result = runner.invoke(main, ["sim-train", "--match-run", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "--match-run is for --algo a2c" in result.output

@@ -151,6 +151,12 @@ def test_vector_equals_single_under_ties_and_long_queues(seed):
     lockstep(TIES, num_envs=5, episodes=2, seed=seed, policy="random")
 
 
+def test_single_env_passes_gymnasium_checker():
+    from gymnasium.utils.env_checker import check_env
+
+    check_env(ParkLoadBalanceEnv(num_stream_jobs=30), skip_render_check=True)
+
+
 def test_unseeded_single_env_is_a_fresh_park_env():
     # Park's constructor seeds 42 and resets once; a later reset() continues that stream.
     fresh = ParkLoadBalanceEnv()

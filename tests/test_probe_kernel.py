@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -101,9 +102,10 @@ def running_away_from(cpu: int):
 
 @pytest.mark.parametrize("n", [1, 3])
 def test_bpf_runq_counts_pinned_busy_loops(n):
-    """runq on CPU k = our n loops + whatever else runs there (a shared machine has other load,
-    which the balancer moves around as ours arrives: counted independently from /proc, sampled,
-    so 5 % of that foreign load is allowed on top of the 1 task of tolerance)."""
+    """runq on CPU k = our n loops + whatever else runs there. A shared machine has other load,
+    which the balancer moves around as ours arrives: it is counted independently by sampling /proc,
+    so the tolerance of 1 task widens by that sample mean's uncertainty (three standard errors and
+    5 %). On a quiet host that is nothing; the lower bound (our n loops) is always tight."""
     cpu = max(os.sched_getaffinity(0))
     probe = open_probe("bpf", Scope())
     try:
@@ -113,13 +115,14 @@ def test_bpf_runq_counts_pinned_busy_loops(n):
             foreign, end = [], time.monotonic() + 1.0
             while time.monotonic() < end:
                 foreign.append(runnable_per_cpu(exclude=ours)[cpu])
-                probe.poll(0.05)
+                probe.poll(0.005)  # sample densely: bursts of foreign load are short
             loaded = probe.snapshot()
     finally:
         probe.close()
-    others = sum(foreign) / len(foreign)
+    others = statistics.fmean(foreign)
+    uncertainty = 3 * statistics.pstdev(foreign) / len(foreign) ** 0.5 + 0.05 * others
     assert runq(loaded, cpu) >= n - 0.5
-    assert abs(runq(loaded, cpu) - n - others) <= 1 + 0.05 * others, (runq(loaded, cpu), n, others)
+    assert abs(runq(loaded, cpu) - n - others) <= 1 + uncertainty, (runq(loaded, cpu), n, others, uncertainty)
     assert next(c.util for c in loaded.cpus if c.cpu == cpu) > 0.95
 
 
@@ -342,7 +345,9 @@ def test_cli_probe_as_unprivileged_user_exits_2():
     )
     result = subprocess.run([sys.executable, "-c", drop_then_run], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip() == "lbagent: error: bpf probe unavailable: not root (loading BPF needs CAP_BPF and CAP_PERFMON; run as root)"
+    assert result.stderr.strip() == (
+        "lbagent: error: bpf probe unavailable: not root (loading BPF needs CAP_BPF and CAP_PERFMON; run as root)"
+    )
 
 
 def test_bench_probe_machinery_counts_exactly():
@@ -379,3 +384,33 @@ def test_verifier_rejection_is_reported_by_its_reason(tmp_path):
     assert "\n" not in message
     assert "Permission denied" in message and "prog 'bad_switch': failed to load" in message
     assert "verifier: R0 invalid mem access 'map_value_or_null'" in message
+
+
+@pytest.fixture
+def tracefs():
+    """perf reads the sched tracepoints through tracefs, which hosts like this one do not mount at boot."""
+    path = Path("/sys/kernel/tracing")
+    mounted_here = not os.path.ismount(path)
+    if mounted_here:
+        subprocess.run(["mount", "-t", "tracefs", "nodev", str(path)], check=True)
+    yield path
+    if mounted_here:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def test_import_fresh_perf_data_end_to_end(tracefs, tmp_path):
+    """`perf sched record` of three shells, imported straight from the binary perf.data."""
+    from lbagent.trace import Arrival, Exit, import_perf_script
+
+    if shutil.which("perf") is None:
+        pytest.skip("perf not installed (make deps installs linux-perf)")
+    data = tmp_path / "perf.data"
+    work = "i=0; while [ $i -lt 5000 ]; do i=$((i+1)); done"
+    subprocess.run(["perf", "sched", "record", "-o", str(data), "--", "sh", "-c", f"for k in 1 2 3; do sh -c '{work}'; done"],
+                   check=True, capture_output=True, timeout=60)
+    trace = import_perf_script(data)
+    ours = [e for e in trace.events if isinstance(e, Arrival) and e.comm == "sh"]
+    exits = {e.pid: e for e in trace.events if isinstance(e, Exit)}
+    assert len(ours) >= 3
+    assert all(exits[a.pid].runtime > 0.001 and exits[a.pid].t > a.t for a in ours)
+    assert len(trace.header.cpus) == len(online_cpus())

@@ -189,3 +189,15 @@ def test_replay_orders_policies_on_a_contended_trace(tmp_path):
     assert result.exit_code == 0, result.output
     results = {r["policy"]: r for r in json.loads((tmp_path / "r.json").read_text())["results"]}
     assert results["lwl"]["mean_jct"] < results["random"]["mean_jct"]
+
+
+def test_cli_unwritable_output_exits_2(tmp_path):
+    result = CliRunner().invoke(main, ["record", "--from-perf", str(SAMPLE), "-o", str(tmp_path / "no" / "t.jsonl")])
+    assert result.exit_code == 2 and "cannot write the trace here" in result.output, result.output
+
+
+def test_not_gzip_but_named_gz_reads_as_text(tmp_path):
+    """The reader goes by content (gzip magic), not by name: a plain file called .gz still reads."""
+    path = tmp_path / "plain.jsonl.gz"
+    path.write_text(_header() + "\n" + ARRIVAL + "\n")
+    assert len(read_trace(path).events) == 1

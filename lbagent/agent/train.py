@@ -45,33 +45,33 @@ class Preset:
     description: str
 
 
+_HOUR = DreamerConfig(
+    stoch=16, classes=16, model_lr=3e-4, actor_lr=1e-4, critic_lr=1e-4, train_ratio=16.0, greedy_eval=True,
+    env_steps=400_000, wall_minutes=57.0, eval_every=50_000, checkpoint_every=25_000,
+)
+"""The one-hour runs (host, park): sizes as in the docstring of DreamerConfig, a 16x16 latent so the
+per-slot state of up to 16 slots fits through the posterior, learning rates 3x the paper's because an
+hour buys only a few thousand updates here, and greedy acting for the shipped policy (in the smoke
+run on the train suite, greedy reached 1.67 mean JCT where sampling reached 2.75 and random 5.84)."""
+
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
-        "smoke", "park", "park",
+        "smoke", "train", "train",
         DreamerConfig(
             deter=64, stoch=8, classes=8, units=64, actor_hidden=64, batch=8, seq_len=32, num_envs=8,
-            model_lr=1e-3, actor_lr=3e-4, critic_lr=3e-4, prefill=1_000, train_ratio=64.0,
-            env_steps=4_000, wall_minutes=2.0, eval_every=4_000, eval_episodes=2, checkpoint_every=2_000,
+            model_lr=1e-3, actor_lr=3e-4, critic_lr=3e-4, prefill=600, train_ratio=64.0, greedy_eval=True,
+            env_steps=2_600, wall_minutes=15.0, eval_every=1_300, eval_episodes=4, checkpoint_every=1_300,
             replay_capacity=20_000,
         ),
-        "under two minutes; the tests' end-to-end check",
+        "about 500 updates: under two minutes on a quiet host (the limit is env steps, so the result "
+        "does not depend on the host's load); the tests' end-to-end check",
     ),
     "host": Preset(
-        "host", "train", "heldout",
-        DreamerConfig(
-            model_lr=3e-4, actor_lr=1e-4, critic_lr=1e-4, env_steps=400_000, train_ratio=32.0,
-            wall_minutes=58.0, eval_every=50_000, checkpoint_every=25_000,
-        ),
-        "the default policy: host dynamics over the training distribution, at most 60 minutes",
+        "host", "train", "shift", _HOUR,
+        "the default policy: host dynamics over the training distribution, at most 60 minutes "
+        "(57 of training, then the final evaluation and the policy file)",
     ),
-    "park": Preset(
-        "park", "park", "park",
-        DreamerConfig(
-            model_lr=3e-4, actor_lr=1e-4, critic_lr=1e-4, env_steps=400_000, train_ratio=32.0,
-            wall_minutes=58.0, eval_every=50_000, checkpoint_every=25_000,
-        ),
-        "the paper's benchmark: Park's load_balance defaults",
-    ),
+    "park": Preset("park", "park", "park", _HOUR, "the paper's benchmark: Park's load_balance defaults, same budget"),
 }
 
 
@@ -170,7 +170,8 @@ class DreamerTrainer:
         a.observe(reward, info["episode_start"], info.get("trial_start"))
         self._set_current(obs, info, np.zeros(self.cfg.num_envs, bool))
         self.counters.env_steps += self.cfg.num_envs
-        if self.counters.env_steps > self.cfg.prefill:  # the train ratio counts from the first update
+        # The train ratio counts from the first update, once replay holds prefill steps and a window.
+        if self.counters.env_steps > max(self.cfg.prefill, self.cfg.seq_len * self.cfg.num_envs):
             self.counters.since_update += self.cfg.num_envs
         return [s for s in (info.get("episode") or ()) if s is not None]
 
@@ -323,9 +324,16 @@ def current_command() -> str:
 def train_dreamer(preset_name: str, seed: int, out: Path, resume: bool, progress: bool = True,
                   env_steps: int | None = None) -> tuple[Path, dict]:
     """Run (or resume) a preset; returns the policy file and its final held-out evaluation."""
+    from lbagent.errors import UserError
+
     preset = PRESETS[preset_name]
     out = Path(out)
-    if resume and (out / "checkpoint.pt").exists():
+    has_checkpoint = (out / "checkpoint.pt").exists()
+    if resume and not has_checkpoint:
+        raise UserError(f"{out}/checkpoint.pt: no checkpoint to resume")
+    if has_checkpoint and not resume:
+        raise UserError(f"{out} already holds a run (checkpoint.pt): pass --resume to continue it, or another --out")
+    if resume:
         trainer = DreamerTrainer.restore(out, env_steps)
     else:
         cfg = preset.config if env_steps is None else replace(preset.config, env_steps=env_steps)

@@ -40,27 +40,31 @@ def _earliest_finish(raw: RawObservation) -> np.ndarray:
     return (np.maximum(raw.work_left, 0.0) + raw.task_work[:, None]) / _safe_capacity(raw)
 
 
-class _Stateless:
+class _Heuristic:
+    """Heuristics learn nothing from rewards and, unless they say otherwise, keep no memory."""
+
+    name: str
+
+    def begin_trial(self, batch: int, seed: int) -> None:
+        pass
+
+    def observe(self, reward: np.ndarray, episode_start: np.ndarray) -> None:
+        pass
+
+
+class _Stateless(_Heuristic):
     """A heuristic whose choice depends only on the current observation."""
 
     def __init__(self, name: str, score: Callable[[RawObservation], np.ndarray]) -> None:
         self.name = name
         self._score = score
 
-    def begin_trial(self, batch: int, seed: int) -> None:
-        pass
-
     def act(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
         return _argmin_valid(self._score(raw), raw.slot_mask)
 
-    def observe(self, reward: np.ndarray, episode_start: np.ndarray) -> None:
-        pass
 
-
-class RandomSlot:
-    """Uniform over the slots that exist (never ``KERNEL``: that is the ``kernel`` baseline)."""
-
-    name = "random"
+class _Seeded(_Heuristic):
+    """A randomized heuristic: each trial replays the same draws for the same seed."""
 
     def __init__(self, seed: int = 0) -> None:
         self._rng = np.random.default_rng(seed)
@@ -68,16 +72,21 @@ class RandomSlot:
     def begin_trial(self, batch: int, seed: int) -> None:
         self._rng = np.random.default_rng(seed)
 
+    def _slot_keys(self, raw: RawObservation) -> np.ndarray:
+        """A random key per slot with masked slots pushed out of reach (below every real key)."""
+        return np.where(raw.slot_mask, self._rng.random(raw.slot_mask.shape), -1.0)
+
+
+class RandomSlot(_Seeded):
+    """Uniform over the slots that exist (never ``KERNEL``: that is the ``kernel`` baseline)."""
+
+    name = "random"
+
     def act(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
-        # A random key per slot, masked slots pushed out of reach: argmax is a uniform valid choice.
-        keys = np.where(raw.slot_mask, self._rng.random(raw.slot_mask.shape), -1.0)
-        return np.argmax(keys, axis=1)
-
-    def observe(self, reward: np.ndarray, episode_start: np.ndarray) -> None:
-        pass
+        return np.argmax(self._slot_keys(raw), axis=1)
 
 
-class RoundRobin:
+class RoundRobin(_Heuristic):
     """Cycles through the existing slots, one cursor per environment."""
 
     name = "round_robin"
@@ -97,24 +106,14 @@ class RoundRobin:
         self._next = choice + 1
         return choice
 
-    def observe(self, reward: np.ndarray, episode_start: np.ndarray) -> None:
-        pass
 
-
-class PowerOfTwo:
+class PowerOfTwo(_Seeded):
     """Power-of-two-choices: sample two distinct slots, keep the one with fewer runnable tasks."""
 
     name = "po2"
 
-    def __init__(self, seed: int = 0) -> None:
-        self._rng = np.random.default_rng(seed)
-
-    def begin_trial(self, batch: int, seed: int) -> None:
-        self._rng = np.random.default_rng(seed)
-
     def act(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
-        keys = np.where(raw.slot_mask, self._rng.random(raw.slot_mask.shape), -1.0)
-        two = np.argsort(-keys, axis=1)[:, :2]
+        two = np.argsort(-self._slot_keys(raw), axis=1)[:, :2]
         # A single-slot host has only one real candidate: the second pick falls on a masked slot.
         rows = np.arange(raw.batch)
         second_valid = raw.slot_mask[rows, two[:, 1]]
@@ -122,25 +121,16 @@ class PowerOfTwo:
         better_second = second_valid & (score[rows, two[:, 1]] < score[rows, two[:, 0]])
         return np.where(better_second, two[:, 1], two[:, 0])
 
-    def observe(self, reward: np.ndarray, episode_start: np.ndarray) -> None:
-        pass
 
-
-class KernelDefault:
+class KernelDefault(_Heuristic):
     """Always defer to the kernel's own balancer: the baseline of doing nothing."""
 
     name = "kernel"
-
-    def begin_trial(self, batch: int, seed: int) -> None:
-        pass
 
     def act(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
         if not mask[:, KERNEL].all():
             raise UnsupportedPolicy("the kernel baseline needs a kernel balancer; these dynamics have none")
         return np.full(raw.batch, KERNEL, dtype=np.int64)
-
-    def observe(self, reward: np.ndarray, episode_start: np.ndarray) -> None:
-        pass
 
 
 class UnsupportedPolicy(RuntimeError):

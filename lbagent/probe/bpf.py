@@ -3,13 +3,14 @@ into :class:`Snapshot` and :class:`TaskEvent`.
 
 The kernel side keeps, per CPU, a time integral of the run-queue length updated at every switch and
 wakeup; a window's mean is the integral's difference divided by the window, after closing the open
-interval at "now" here (mapped to the run queue's clock by the offset the kernel side keeps). So an idle CPU reads exactly 0 and a CPU
-with three busy loops exactly 3, with no sampling in between.
+interval at "now" here (mapped to the run queue's clock by the offset the kernel side keeps). So an
+idle CPU reads exactly 0 and a CPU with three busy loops exactly 3, with no sampling in between.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import time
 from pathlib import Path
@@ -98,7 +99,7 @@ class BpfProbe:
         for name, m, expected in ((".rodata", rodata, _Config), (".bss", bss, _Shared)):
             if m.value_size != ctypes.sizeof(expected):
                 raise LibbpfError(f"{name} of {self._obj.path} is {m.value_size} bytes, loader expects "
-                                  f"{ctypes.sizeof(expected)}: object and loader out of date", 22)
+                                  f"{ctypes.sizeof(expected)}: object and loader out of date", errno.EINVAL)
         rodata.set_initial_value(_Config(
             self_tgid=os.getpid(),
             filter_cgroup=bool(self.scope.cgroup_ids),
