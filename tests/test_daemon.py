@@ -318,3 +318,19 @@ def test_works_with_only_the_units_capabilities_and_memory_deny_write_execute(sc
         wait_for(lambda: all(pinned(p.pid) for p in procs), what="placements under the unit's restrictions")
         assert d.stop() == 0
         assert all(free(p.pid) for p in procs)
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_demo_runs_the_same_workload_under_three_policies(tmp_path):
+    from lbagent import demo
+
+    learned = tmp_path / "kernel.policy"
+    write_policy(learned, favourite=spaces.KERNEL)
+    rows = demo.main(seconds=1.5, seed=11, heuristic="round_robin", learned=str(learned),
+                     json_path=str(tmp_path / "demo.json"))
+    assert [r.name for r in rows] == ["kernel alone", "heuristic (round_robin)", f"learned ({learned})"]
+    assert len({r.tasks for r in rows}) == 1 and rows[0].tasks > 0
+    assert all(0 < r.mean <= r.p99 for r in rows)
+    assert json.loads((tmp_path / "demo.json").read_text())[1]["name"] == "heuristic (round_robin)"
+    assert not (cgroups.unified_root() / demo.DEMO_CGROUP).exists()
