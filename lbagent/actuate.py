@@ -189,6 +189,7 @@ class Actuator:
             else:
                 outcomes.append(result)
         if ready and not self.dry_run:
+            previous = {p.tgid: self.state.placements.get(p.tgid) for _, p in ready}
             for _, p in ready:
                 self.state.placements[p.tgid] = p
             self.state.save()
@@ -196,6 +197,10 @@ class Actuator:
                 failure = self._apply(p)
                 if failure:
                     outcomes[i] = failure
+                    if previous[p.tgid] is not None:  # an earlier placement still holds: keep its record
+                        self.state.placements[p.tgid] = previous[p.tgid]
+                    else:
+                        self.state.placements.pop(p.tgid, None)
         return outcomes
 
     def _refuse(self, reason: str) -> str:
@@ -259,10 +264,8 @@ class Actuator:
                         failure = self._error(e)
             if changed:
                 return None
-            self.state.placements.pop(p.tgid, None)
             return failure or self._error(ProcessLookupError(errno.ESRCH, "no thread left"))
         except OSError as e:
-            self.state.placements.pop(p.tgid, None)
             return self._error(e)
 
     # ---------------------------------------------------------------- undoing

@@ -94,6 +94,27 @@ def test_mask_is_clipped_to_the_tasks_cpuset(scoped, tmp_path):
         cs.rmdir()
 
 
+def test_cpu_taken_out_of_service_gives_einval_counted_not_raised(scoped):
+    """CPU 1 leaves the task's cpuset between the actuator's look and its change (here: within the
+    1 s the effective CPUs are cached): the kernel refuses with EINVAL, counted, nothing raised."""
+    act, proc, _ = scoped
+    cs = cgroups.v1_cpuset_root() / f"lbagent-t-offline-{os.getpid()}"
+    cs.mkdir()
+    try:
+        (cs / "cpuset.cpus").write_text("0-1")
+        (cs / "cpuset.mems").write_text((cs.parent / "cpuset.mems").read_text())
+        (cs / "cgroup.procs").write_text(str(proc.pid))
+        assert act.place_many([(proc.pid, CPU0)]) == ["placed"]
+        (cs / "cpuset.cpus").write_text("0")  # CPU 1 out of service for this task
+        assert act.place_many([(proc.pid, CPU1)]) == ["error:EINVAL"]
+        assert act.errors["EINVAL"] == 4 and set(masks(proc.pid).values()) == {CPU0}  # one per thread
+        assert act.restore_all() == {"restored": 1}  # the original (all CPUs) clipped to what is left
+        assert set(masks(proc.pid).values()) == {CPU0}
+    finally:
+        (cs.parent / "cgroup.procs").write_text(str(proc.pid))
+        cs.rmdir()
+
+
 def test_reused_pid_is_never_touched(scoped):
     act, proc, _ = scoped
     act.place_many([(proc.pid, CPU1)])
