@@ -89,15 +89,23 @@ def collect_until(probe, predicate, timeout: float = 3.0):
 
 
 @contextmanager
-def running_away_from(cpu: int):
-    """Keep this process (which scans /proc while measuring) off ``cpu`` when there is another."""
+def running_on(cpus: set[int]):
+    """Pin this process (which scans /proc while measuring) to ``cpus`` for the block."""
     mask = os.sched_getaffinity(0)
-    if len(mask) > 1:
-        os.sched_setaffinity(0, mask - {cpu})
+    os.sched_setaffinity(0, cpus or mask)
     try:
         yield
     finally:
         os.sched_setaffinity(0, mask)
+
+
+def own_runnable_ns() -> int:
+    """Time this process's threads were runnable (ran or waited to run), from their schedstat."""
+    total = 0
+    for tid in os.listdir("/proc/self/task"):
+        run_ns, wait_ns, _ = Path(f"/proc/self/task/{tid}/schedstat").read_text().split()
+        total += int(run_ns) + int(wait_ns)
+    return total
 
 
 @pytest.mark.parametrize("n", [1, 3])
@@ -109,7 +117,7 @@ def test_bpf_runq_counts_pinned_busy_loops(n):
     cpu = max(os.sched_getaffinity(0))
     probe = open_probe("bpf", Scope())
     try:
-        with busy_loops({cpu: n}) as loops, running_away_from(cpu):
+        with busy_loops({cpu: n}) as loops, running_on(os.sched_getaffinity(0) - {cpu}):
             window(probe, 0.3)  # let them start
             ours = {os.getpid(), *(p.pid for p in loops)}
             foreign, end = [], time.monotonic() + 1.0
@@ -220,26 +228,37 @@ def test_scope_cgroup_covers_its_subtree(kind, cgroup):
 
 
 def test_procfs_agrees_with_bpf_on_runq():
-    """Same workload, same window: within 1 task per CPU. A shared machine adds other people's
-    bursts, which the procfs probe can only sample: 5 % of the reading is allowed on top for that."""
+    """Same workload, same window: within 1 task per CPU. The procfs probe leaves itself out (it is
+    always running when it looks), the BPF probe counts this process while it scans: that share is
+    measured from our own schedstat and taken off. A shared machine adds other people's bursts,
+    which the procfs probe can only sample, a few times a second when the host has many threads:
+    its mean's uncertainty (four standard errors of its scans, and 5 %) widens the tolerance. On a
+    quiet host that is nothing."""
     cpus = sorted(os.sched_getaffinity(0))
+    home = cpus[-1]
     placement = {cpus[0]: 2, cpus[-1]: 1} if len(cpus) > 1 else {cpus[0]: 2}
-    bpf, procfs = open_probe("bpf", Scope()), ProcfsProbe(Scope(), sample_interval=0.05)
+    bpf, procfs = open_probe("bpf", Scope()), ProcfsProbe(Scope(), sample_interval=0.05, max_scan_share=1.0)
     try:
-        with busy_loops(placement):
+        with busy_loops(placement), running_on({home}):
             window(procfs, 0.2)  # let the loops start
             bpf.snapshot(), procfs.snapshot()  # open both windows together
+            own_start = own_runnable_ns()
             end = time.monotonic() + 1.5
             while time.monotonic() < end:
                 bpf.poll(0.02)
                 procfs.poll(0.02)
+            own = own_runnable_ns() - own_start
             a, b = bpf.snapshot(), procfs.snapshot()
     finally:
         bpf.close()
         procfs.close()
     for cpu in placement:
-        assert runq(a, cpu) >= placement[cpu] - 0.5
-        assert abs(runq(a, cpu) - runq(b, cpu)) <= 1 + 0.05 * runq(a, cpu), (cpu, runq(a, cpu), runq(b, cpu))
+        bpf_others = runq(a, cpu) - (own / a.window_ns if cpu == home else 0.0)
+        assert bpf_others >= placement[cpu] - 0.5
+        scans = [sample[cpu] for sample in procfs.last_samples]
+        spread = statistics.stdev(scans) if len(scans) > 1 else 0.0
+        uncertainty = 4 * spread / len(scans) ** 0.5 + 0.05 * bpf_others
+        assert abs(bpf_others - runq(b, cpu)) <= 1 + uncertainty, (cpu, bpf_others, runq(b, cpu), uncertainty)
 
 
 def test_procfs_scoped_arrivals_and_exits(cgroup):
@@ -264,6 +283,7 @@ def test_procfs_scoped_arrivals_and_exits(cgroup):
     assert sorted(e.pid for e in exits) == pids
     for e in exits:
         assert e.runtime_ns == pytest.approx(kernel_ns[e.pid], rel=0.10), (e.runtime_ns, kernel_ns[e.pid])
+        assert e.uid == os.getuid() and e.comm == "sh"
 
 
 def test_probe_close_is_idempotent_and_detaches():
@@ -414,3 +434,12 @@ def test_import_fresh_perf_data_end_to_end(tracefs, tmp_path):
     assert len(ours) >= 3
     assert all(exits[a.pid].runtime > 0.001 and exits[a.pid].t > a.t for a in ours)
     assert len(trace.header.cpus) == len(online_cpus())
+
+
+def test_cli_probe_table_and_auto_choice_logged():
+    result = subprocess.run([sys.executable, "-m", "lbagent.cli", "probe", "--interval", "0.3", "--duration", "0.3"],
+                            capture_output=True, text=True, timeout=30, check=True)
+    assert "using the bpf probe" in result.stderr
+    for column in ("cpu", "runq", "util", "arrivals/s", "lbagent probe (bpf)"):
+        assert column in result.stdout
+    assert sum(line.strip().startswith(("│", "|")) for line in result.stdout.splitlines()) >= len(online_cpus())

@@ -9,7 +9,7 @@ import pytest
 
 from lbagent.probe.bpf import COMM_LEN, _Cpu, _Event, _Shared, comm_key
 from lbagent.probe.cpus import parse_cpu_list
-from lbagent.probe.procfs import NS_PER_TICK, parse_stat
+from lbagent.probe.procfs import NS_PER_TICK, _state_and_cpu, parse_stat
 
 
 def _stat(comm: str, state: str = "R", cpu: int = 3) -> str:
@@ -25,6 +25,14 @@ def test_parse_stat_survives_any_command_name(comm):
     assert (info.pid, info.comm, info.state, info.cpu) == (4242, comm, "R", 3)
     assert info.cputime_ns == 12 * NS_PER_TICK and info.start_ns == 1234 * NS_PER_TICK
     assert info.flags == 4194560
+
+
+@pytest.mark.parametrize("comm", ["sh", "a) R 1 (b"])
+def test_fast_scan_reads_state_and_cpu(tmp_path, comm):
+    path = tmp_path / "stat"
+    path.write_text(_stat(comm, state="S", cpu=7))
+    assert _state_and_cpu(str(path)) == (b"S", 7)
+    assert _state_and_cpu(str(tmp_path / "gone")) is None
 
 
 @pytest.mark.parametrize("text, cpus", [("0", [0]), ("0-3\n", [0, 1, 2, 3]), ("0-1,4,6-7", [0, 1, 4, 6, 7])])

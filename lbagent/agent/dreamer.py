@@ -88,6 +88,10 @@ class DreamerAgent(nn.Module):
         post = out.post.detach()
         hidden = self.burn_in(post.feat(), batch)
         flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731 - (T, B, ...) -> (T*B, ...)
+        n = post.deter.shape[0] * post.deter.shape[1]
+        if 0 < cfg.imag_starts < n:
+            pick = torch.randperm(n)[: cfg.imag_starts]
+            flat = lambda x: x.reshape(-1, *x.shape[2:])[pick]  # noqa: E731
         start = LatentState(flat(post.deter), flat(post.stoch))
         inp = ActorInput(flat(hidden), flat(batch["prev_action"]), flat(batch["prev_reward"]),
                          flat(batch["first"]), flat(batch["prev_valid"]))

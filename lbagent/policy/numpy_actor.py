@@ -150,10 +150,12 @@ class DreamerActor:
         self.first = np.ones(batch, dtype=bool)
 
     def act(self, obs: np.ndarray, raw: RawObservation | None, mask: np.ndarray) -> np.ndarray:
-        log_probs = self.step(obs, mask)
+        logits = self._advance(obs)
         if self.greedy:
-            action = log_probs.argmax(-1)
+            # unimix and the softmax keep the order of the valid logits: no need to normalize
+            action = np.where(mask, logits, -np.inf).argmax(-1)
         else:
+            log_probs = _masked_log_probs(logits, mask, self.unimix)
             gumbel = -np.log(-np.log(self.rng.random(log_probs.shape)))
             action = (log_probs + gumbel).argmax(-1)
         self.prev_action = action.astype(np.int64)
@@ -177,17 +179,20 @@ class DreamerActor:
     # -- the forward pass
     def step(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Advance the world model and the actor by one decision; masked log-probabilities (B, A)."""
+        return _masked_log_probs(self._advance(obs), mask, self.unimix)
+
+    def _advance(self, obs: np.ndarray) -> np.ndarray:
+        """One decision's filtering and memory update; the actor's raw logits (B, A)."""
         prev_a = _EYE_ACTIONS[self.prev_action] * self.prev_valid[:, None]
         succ = self.rssm_gru(self.img_in(np.concatenate([self.stoch_state, prev_a], -1)), self.deter_state)
         deter = np.where(self.first[:, None], self.init_deter, succ)
         logits = self.post(np.concatenate([deter, self.encoder(np.asarray(obs, dtype=DTYPE))], -1))
         logits = logits.reshape(-1, self.stoch, self.classes)
-        logits = logits - logits.max(-1, keepdims=True)
-        probs = np.exp(logits)
-        probs = (1.0 - self.unimix) * probs / probs.sum(-1, keepdims=True) + self.unimix / self.classes
         if self.greedy:
-            idx = probs.argmax(-1)
+            idx = logits.argmax(-1)  # the mode; unimix does not change it
         else:
+            probs = np.exp(logits - logits.max(-1, keepdims=True))
+            probs = (1.0 - self.unimix) * probs / probs.sum(-1, keepdims=True) + self.unimix / self.classes
             idx = (probs.cumsum(-1) > self.rng.random(probs.shape[:-1] + (1,))).argmax(-1)
         stoch = self.eye_classes[idx].reshape(len(obs), -1)
         feat = np.concatenate([deter, stoch], -1)
@@ -196,7 +201,7 @@ class DreamerActor:
         )
         self.hidden = self.actor_gru(x, self.hidden)
         self.deter_state, self.stoch_state = deter, stoch
-        return _masked_log_probs(self.head(np.concatenate([self.hidden, feat], -1)), mask, self.unimix)
+        return self.head(np.concatenate([self.hidden, feat], -1))
 
 
 class MlpActor:

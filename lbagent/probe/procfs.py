@@ -57,6 +57,8 @@ class TaskInfo:
     start_ns: int
     """Start time since boot, ns (field 22), the clock the BPF probe's ``start_ns`` uses."""
     cpu: int
+    uid: int = -1
+    """Real uid: not in the stat line, filled in from /proc/PID/status when a task arrives."""
 
 
 def parse_stat(text: str) -> TaskInfo:
@@ -113,6 +115,23 @@ def real_uid(pid: int) -> int:
     return -1
 
 
+def _state_and_cpu(path: str) -> tuple[bytes, int] | None:
+    """State letter and last CPU from a stat file, read raw: this runs for every thread of the
+    host at each sample, so it skips text decoding and the full parse."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    try:
+        data = os.read(fd, 1024)
+    except ProcessLookupError:
+        return None
+    finally:
+        os.close(fd)
+    fields = data[data.rfind(b")") + 2 :].split(maxsplit=37)
+    return (fields[0], int(fields[36])) if len(fields) > 36 else None
+
+
 def runnable_per_cpu(exclude: Collection[int] = ()) -> Counter[int]:
     """One scan: tasks in state R by the CPU they last ran on, skipping the processes ``exclude``."""
     counts: Counter[int] = Counter()
@@ -124,9 +143,9 @@ def runnable_per_cpu(exclude: Collection[int] = ()) -> Counter[int]:
         except (FileNotFoundError, ProcessLookupError):
             continue
         for tid in tids:
-            info = read_stat(f"/proc/{proc.name}/task/{tid}/stat")
-            if info is not None and info.state == "R":
-                counts[info.cpu] += 1
+            found = _state_and_cpu(f"/proc/{proc.name}/task/{tid}/stat")
+            if found is not None and found[0] == b"R":
+                counts[found[1]] += 1
     return counts
 
 
@@ -181,10 +200,15 @@ class ProcfsProbe:
 
     kind = "procfs"
 
-    def __init__(self, scope: Scope, sample_interval: float = 0.1):
+    def __init__(self, scope: Scope, sample_interval: float = 0.1, max_scan_share: float = 0.2):
         self.scope = scope
         self.cpus = online_cpus()
         self.sample_interval = sample_interval
+        self.max_scan_share = max_scan_share
+        """Scans may take at most this share of the time: on a host with thousands of threads
+        (a scan reads every thread's stat file) the probe samples less often, not more CPU."""
+        self.last_samples: list[Counter[int]] = []
+        """The scans the last snapshot averaged: its runq is a sampled mean, this is its precision."""
         self._self = os.getpid()
         self._cgroup_mount = cgroup2_mount()
         self._connector = ProcConnector()
@@ -201,8 +225,10 @@ class ProcfsProbe:
         self._prev_t, self._prev_times = time.monotonic_ns(), cpu_times()
 
     def _sample(self) -> None:
+        start = time.monotonic()
         self._samples.append(runnable_per_cpu({self._self}))
-        self._next_sample = time.monotonic() + self.sample_interval
+        now = time.monotonic()
+        self._next_sample = now + max(self.sample_interval, (now - start) * (1 / self.max_scan_share - 1))
 
     def _info_in_scope(self, pid: int) -> TaskInfo | None:
         """The task's /proc view when it is in scope; None when out of scope; raises
@@ -216,8 +242,8 @@ class ProcfsProbe:
         if self.scope.cgroup_ids:  # a scope cgroup covers its subtree, as on the BPF side
             ids = cgroup_ids(pid, self._cgroup_mount)
             cgroup = next((i for i in ids if i in self.scope.cgroup_ids), ids[-1])
-        uid = real_uid(pid) if self.scope.uids else -1
-        return info if self.scope.matches(cgroup, info.comm, uid) else None
+        info = replace(info, uid=real_uid(pid))
+        return info if self.scope.matches(cgroup, info.comm, info.uid) else None
 
     def _maybe_arrive(self, tgid: int, cpu: int, ts_ns: int, parent: int = 0) -> TaskEvent | None:
         """Same rule as the BPF probe: a process enters the scope once, at fork or at exec. A child
@@ -248,7 +274,7 @@ class ProcfsProbe:
             cgroup = 0
         return TaskEvent(
             kind=kind, pid=tgid, tgid=tgid, cgroup=cgroup, comm=info.comm, cpu=cpu, ts_ns=ts_ns,
-            start_ns=info.start_ns, runtime_ns=info.cputime_ns if kind is EventKind.EXIT else 0,
+            start_ns=info.start_ns, runtime_ns=info.cputime_ns if kind is EventKind.EXIT else 0, uid=info.uid,
         )
 
     def _handle(self, msg: dict) -> TaskEvent | None:
@@ -263,7 +289,8 @@ class ProcfsProbe:
             tgid = msg["process_tgid"]
             if tgid in self._tracked:
                 seen = replace(self._tracked.pop(tgid), cputime_ns=0)
-                info = read_stat(PROC / str(tgid) / "stat") or seen  # the zombie, if not yet reaped
+                zombie = read_stat(PROC / str(tgid) / "stat")  # if its parent has not reaped it yet
+                info = replace(zombie, uid=seen.uid) if zombie else seen
                 runtime = self._exit_stats.runtime_ns(tgid) if self._exit_stats else None
                 if runtime is not None:
                     info = replace(info, cputime_ns=runtime)
@@ -290,6 +317,7 @@ class ProcfsProbe:
         self._sample()
         now, times = time.monotonic_ns(), cpu_times()
         samples, self._samples = self._samples, []
+        self.last_samples = samples
         arrivals, self._arrivals = self._arrivals, Counter()
         cpus = []
         for cpu in self.cpus:
