@@ -79,11 +79,13 @@ def measure(rate: float, seconds: float, policy: str, probe: str) -> dict:
             config = demo_config("/" + cg.name, Path(tmp) / "state.json", metrics=address, probe=probe)
             daemon = DaemonProcess(config, policy, Path(tmp), unit_scheduling=True)
             try:
-                idle_rss = psutil.Process(daemon.proc.pid).memory_info().rss / 2**20
+                proc = psutil.Process(daemon.proc.pid)
+                idle_rss, fds_start = proc.memory_info().rss / 2**20, proc.num_fds()
                 sampler = Sampler(daemon.proc.pid)
                 results = workload.run(tasks, cg, workers=max(1, math.ceil(rate / GENERATOR_RATE)))
                 time.sleep(0.2)  # the last exits reach the daemon
                 peak_rss, cpu = sampler.finish()
+                end_rss, fds_end = proc.memory_info().rss / 2**20, proc.num_fds()
                 metrics = parse(scrape(address))
             finally:
                 code = daemon.stop()
@@ -106,6 +108,9 @@ def measure(rate: float, seconds: float, policy: str, probe: str) -> dict:
         "daemon_cpu": cpu,
         "rss_idle_mb": idle_rss,
         "rss_peak_mb": peak_rss,
+        "rss_end_mb": end_rss,
+        "fds_start": fds_start,
+        "fds_end": fds_end,
         "ready_s": daemon.ready_after,
         "exit_code": code,
     }
@@ -130,7 +135,9 @@ def main(rate: float, seconds: float, policy: str, probe: str, as_json: bool) ->
         ("arrival-to-affinity p99", f"{r['latency_p99_ms']:.3f} ms", "<= 2 ms"),
         ("lost probe events", f"{r['lost_events']:.0f}", "counted"),
         ("daemon CPU", f"{100 * r['daemon_cpu']:.1f} % of one CPU", ""),
-        ("daemon RSS idle / peak", f"{r['rss_idle_mb']:.1f} / {r['rss_peak_mb']:.1f} MB", "<= 120 MB"),
+        ("daemon RSS idle / peak / end", f"{r['rss_idle_mb']:.1f} / {r['rss_peak_mb']:.1f} / {r['rss_end_mb']:.1f} MB",
+         "<= 120 MB"),
+        ("open fds start / end", f"{r['fds_start']} / {r['fds_end']}", "equal (no leak)"),
         ("start to READY", f"{r['ready_s']:.3f} s", "<= 2 s"),
         ("exit code after SIGTERM", str(r["exit_code"]), "0"),
     ]
