@@ -172,3 +172,32 @@ def test_numpy_actor_matches_the_torch_acting_path():
         prev_action, prev_reward = torch.from_numpy(action), torch.from_numpy(reward).float()
         prev_valid, first = torch.ones(B, dtype=torch.bool), torch.from_numpy(episode_start)
     assert worst < 1e-5
+
+
+def test_rl2_memory_survives_episode_boundaries_and_resets_only_at_a_trial_start():
+    agent = DreamerAgent(SMALL)
+    mask = np.ones((3, N_ACTIONS), dtype=bool)
+    obs = np.random.default_rng(0).normal(size=(3, OBS_DIM)).astype(np.float32)
+    carried = DreamerActor(agent.export_weights(), agent.arch())
+    ablation = DreamerActor(agent.export_weights(), agent.arch(), reset_each_episode=True)
+    for actor in (carried, ablation):
+        actor.begin_trial(3, 0)
+        actor.act(obs, None, mask)
+        actor.observe(np.array([-1.0, -2.0, -3.0]), episode_start=np.array([True, True, False]),
+                      trial_start=np.array([True, False, False]))
+    # row 0 opened a trial: both forget; row 1 only an episode: only the ablation forgets
+    assert not carried.hidden[0].any() and carried.hidden[1].any() and carried.hidden[2].any()
+    assert not carried.prev_valid[0] and carried.prev_valid[1] and carried.prev_reward[1] == -2.0
+    assert not ablation.hidden[0].any() and not ablation.hidden[1].any() and ablation.hidden[2].any()
+    assert carried.first.tolist() == [True, True, False]
+
+
+def test_burn_in_recomputes_memory_and_zeroes_it_at_trial_starts():
+    agent = DreamerAgent(SMALL)
+    batch = random_batch(SMALL)
+    batch["trial_first"][3, 1] = True
+    feat = torch.randn(SMALL.seq_len, SMALL.batch, SMALL.feat_dim)
+    hidden = agent.burn_in(feat, batch)
+    assert hidden.shape == (SMALL.seq_len, SMALL.batch, SMALL.actor_hidden)
+    assert torch.equal(hidden[0], batch["hidden"][0])
+    assert not hidden[3, 1].any() and hidden[3, 0].any() and hidden[4, 1].any()

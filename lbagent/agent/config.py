@@ -96,9 +96,8 @@ class DreamerConfig:
     eval_every: int = 50_000
     """Evaluate the policy on held-out seeds every this many environment steps."""
     greedy_eval: bool = False
-    """Evaluate and ship the actor acting greedily (posterior mode, most likely action) instead of
-    sampling as it was trained. Sampling is the safe default: a barely trained actor's argmax can put
-    every task on one slot; a confident actor may do better greedy. Recorded in the policy file."""
+    """Periodic evaluations act greedily (posterior mode, most likely action) instead of sampling as
+    trained. (The final evaluation tries both and the policy file records the better one.)"""
     eval_episodes: int = 4
     """Episodes per held-out evaluation (one per held-out seed)."""
     checkpoint_every: int = 50_000

@@ -54,8 +54,7 @@ _HOUR = DreamerConfig(
 per-slot state of up to 16 slots fits through the posterior, learning rates 5-10x the paper's (those
 of the smoke run, which reached the best heuristic's level in 500 updates) because an hour buys only a
 few thousand updates here (and for the same reason imagination from 256 of the
-512 replayed states), and greedy acting for the shipped policy (in the smoke
-run on the train suite, greedy reached 1.67 mean JCT where sampling reached 2.75 and random 5.84)."""
+512 replayed states). Periodic evaluations act greedily; the final one picks greedy or sampling."""
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
@@ -178,10 +177,11 @@ class DreamerTrainer:
             self.counters.since_update += self.cfg.num_envs
         return [s for s in (info.get("episode") or ()) if s is not None]
 
-    def eval_policy(self, reset_each_episode: bool = False) -> DreamerActor:
-        """The actor as it will ship (greedy or sampling per ``greedy_eval``), on its own RNG."""
+    def eval_policy(self, reset_each_episode: bool = False, greedy: bool | None = None) -> DreamerActor:
+        """The actor as it will ship (greedy or sampling, by default per ``greedy_eval``), on its own RNG."""
         return DreamerActor(self.agent.export_weights(), self.agent.arch(), name="dreamer",
-                            greedy=self.cfg.greedy_eval, reset_each_episode=reset_each_episode)
+                            greedy=self.cfg.greedy_eval if greedy is None else greedy,
+                            reset_each_episode=reset_each_episode)
 
     # -- the loop
     def run(self, until_env_steps: int | None = None, log: Callable[[dict], None] | None = None,
@@ -225,19 +225,28 @@ class DreamerTrainer:
                 break
         self.torch_rng = torch.get_rng_state()
 
-    def evaluate(self) -> dict:
+    def evaluate(self, greedy: bool | None = None) -> dict:
         from lbagent.policy.heuristics import make_heuristic
 
         c, cfg = self.counters, self.cfg
+        greedy = cfg.greedy_eval if greedy is None else greedy
         if c.baseline is None:
             c.baseline = evaluate_actor(make_heuristic("random", EVAL_SEED), self.preset.eval_suite, cfg.eval_episodes)
-        result = evaluate_actor(self.eval_policy(), self.preset.eval_suite, cfg.eval_episodes)
+        result = evaluate_actor(self.eval_policy(greedy=greedy), self.preset.eval_suite, cfg.eval_episodes)
         record = {"kind": "eval", "env_steps": c.env_steps, "updates": c.updates, "suite": self.preset.eval_suite,
-                  "episodes": cfg.eval_episodes, "seed": EVAL_SEED, "mean_jct": result["mean_jct"],
+                  "episodes": cfg.eval_episodes, "seed": EVAL_SEED, "greedy": greedy, "mean_jct": result["mean_jct"],
                   "p99_jct": result["p99_jct"], "random_mean_jct": c.baseline["mean_jct"],
                   "per_scenario": result["per_scenario"]}
         c.evals.append(record)
         return record
+
+    def final_evaluation(self) -> dict:
+        """Evaluate greedy and sampling acting on the held-out seeds and keep the better one for the
+        policy file: a young actor's argmax can put every task on one slot (measured: 113 mean JCT
+        greedy vs 11 sampling), a confident one does better greedy (1.67 vs 2.75)."""
+        greedy, sampling = self.evaluate(greedy=True), self.evaluate(greedy=False)
+        best, other = (greedy, sampling) if greedy["mean_jct"] <= sampling["mean_jct"] else (sampling, greedy)
+        return {**best, "kind": "final", "other_mode_mean_jct": other["mean_jct"]}
 
     # -- checkpoints
     @property
@@ -277,11 +286,12 @@ class DreamerTrainer:
         return self
 
     # -- the product
-    def write_policy(self, command: str, evaluation: dict | None) -> Path:
+    def write_policy(self, command: str, evaluation: dict) -> Path:
         from lbagent.policy.files import save_policy
 
         meta = {
-            "algorithm": "dreamer", "arch": {**self.agent.arch(), "greedy": self.cfg.greedy_eval}, "preset": self.preset.name, "seed": self.seed,
+            "algorithm": "dreamer", "arch": {**self.agent.arch(), "greedy": bool(evaluation["greedy"])},
+            "preset": self.preset.name, "seed": self.seed,
             "command": command, "train_suite": self.preset.train_suite, "evaluation": evaluation,
             "training": {"env_steps": self.counters.env_steps, "updates": self.counters.updates,
                          "wall_minutes": round(self.counters.wall_seconds / 60.0, 2), "config": self.cfg.to_dict()},
@@ -348,7 +358,7 @@ def train_dreamer(preset_name: str, seed: int, out: Path, resume: bool, progress
         with _progress(progress, trainer.cfg.env_steps, trainer.counters.env_steps) as advance:
             trainer.run(log=log, on_progress=advance)
         trainer.save_checkpoint()
-        final = trainer.evaluate()
+        final = trainer.final_evaluation()
         log(final)
         path = trainer.write_policy(current_command(), final)
         log({"kind": "policy", "path": str(path)})
