@@ -72,11 +72,11 @@ def thread_ids(pid: int) -> list[int]:
         raise ProcessLookupError(pid) from None
 
 
-def in_scope(scope: ScopeConfig, pid: int, comm: str) -> bool:
+def in_scope(scope: ScopeConfig, pid: int, comm: str, groups: dict[str, str]) -> bool:
     """The actuator's own scope check: the probe filters too, but a policy must never widen it."""
     if scope.comms and comm not in scope.comms:
         return False
-    if scope.cgroups and cgroups.task_v2_path(pid) not in scope.cgroups:
+    if scope.cgroups and groups.get("", "/") not in scope.cgroups:
         return False
     if scope.uids and read_uid(pid) not in scope.uids:
         return False
@@ -189,6 +189,7 @@ class Actuator:
             else:
                 outcomes.append(result)
         if ready and not self.dry_run:
+            previous = {p.tgid: self.state.placements.get(p.tgid) for _, p in ready}
             for _, p in ready:
                 self.state.placements[p.tgid] = p
             self.state.save()
@@ -196,6 +197,10 @@ class Actuator:
                 failure = self._apply(p)
                 if failure:
                     outcomes[i] = failure
+                    if previous[p.tgid] is not None:  # an earlier placement still holds: keep its record
+                        self.state.placements[p.tgid] = previous[p.tgid]
+                    else:
+                        self.state.placements.pop(p.tgid, None)
         return outcomes
 
     def _refuse(self, reason: str) -> str:
@@ -217,9 +222,10 @@ class Actuator:
             return self._refuse("no_setaffinity")
         if info.flags & PF_KTHREAD:
             return self._refuse("kthread")
-        if not in_scope(self.scope, tgid, info.comm):
+        groups = cgroups.task_cgroups(tgid)
+        if not in_scope(self.scope, tgid, info.comm, groups):
             return self._refuse("out_of_scope")
-        allowed = cgroups.cpuset_allowed(tgid)
+        allowed = cgroups.cpuset_allowed(tgid, groups)
         target = slot_cpus & allowed
         if not target or (self.mode == "cpuset" and target != slot_cpus):
             return self._refuse("outside_cpuset")
@@ -258,10 +264,8 @@ class Actuator:
                         failure = self._error(e)
             if changed:
                 return None
-            self.state.placements.pop(p.tgid, None)
             return failure or self._error(ProcessLookupError(errno.ESRCH, "no thread left"))
         except OSError as e:
-            self.state.placements.pop(p.tgid, None)
             return self._error(e)
 
     # ---------------------------------------------------------------- undoing
@@ -330,9 +334,10 @@ class Actuator:
             pid = int(entry)
             try:
                 info = read_task(pid)
-                if info.flags & (PF_KTHREAD | PF_NO_SETAFFINITY) or not in_scope(self.scope, pid, info.comm):
+                groups = cgroups.task_cgroups(pid)
+                if info.flags & (PF_KTHREAD | PF_NO_SETAFFINITY) or not in_scope(self.scope, pid, info.comm, groups):
                     continue
-                allowed = cgroups.cpuset_allowed(pid)
+                allowed = cgroups.cpuset_allowed(pid, groups)
                 recognised = {frozenset(m & allowed) for m in slot_masks} - {allowed, frozenset()}
                 tids = thread_ids(pid)
                 if not all(frozenset(os.sched_getaffinity(t)) in recognised for t in tids):

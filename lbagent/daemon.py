@@ -146,6 +146,23 @@ class HostView:
         self.layout = spaces.build_slots(read_cpus())
         self.slot_masks = [frozenset(s.cpus) for s in self.layout.slots]
         self.slot_of_cpu = self.layout.slot_of_cpu()
+        self.slot_mask, self.capacity = self.layout.mask[None], self.layout.capacities[None]
+        self._per_snapshot: tuple[Snapshot | None, np.ndarray, np.ndarray] = (None, np.zeros(0), np.zeros(0))
+
+    def cpu_state(self, snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
+        """Runnable tasks and utilization per slot; computed once per snapshot, not per decision."""
+        if self._per_snapshot[0] is not snap:
+            m = spaces.MAX_SLOTS
+            runnable, util, count = np.zeros(m), np.zeros(m), np.zeros(m)
+            for c in snap.cpus:
+                s = self.slot_of_cpu.get(c.cpu)
+                if s is not None:
+                    runnable[s] += c.runq
+                    util[s] += c.util
+                    count[s] += 1
+            util = np.where(count > 0, util / np.maximum(count, 1), 0.0)
+            self._per_snapshot = (snap, runnable[None], util[None])
+        return self._per_snapshot[1], self._per_snapshot[2]
 
     def raw(
         self,
@@ -158,26 +175,21 @@ class HostView:
         since_last: float,
     ) -> spaces.RawObservation:
         m = spaces.MAX_SLOTS
-        runnable, util, count = np.zeros(m), np.zeros(m), np.zeros(m)
-        for c in snap.cpus:
-            s = self.slot_of_cpu.get(c.cpu)
-            if s is not None:
-                runnable[s] += c.runq
-                util[s] += c.util
-                count[s] += 1
-        util = np.where(count > 0, util / np.maximum(count, 1), 0.0)
+        runnable, util = self.cpu_state(snap)
         while recent and now_ns - recent[0][0] > max(snap.window_ns, 1):
             recent.popleft()  # placements older than the window no longer count
-        placed = np.bincount([s for _, s in recent], minlength=m)[:m].astype(float)
+        placed = np.zeros(m)
+        for _, s in recent:
+            placed[s] += 1
         work_left = np.zeros(m)
         for t in live.values():
             if t.slot is not None:
                 work_left[t.slot] += max(t.work - (now_ns - t.arrival_ns) / 1e9, 0.0)
         return spaces.RawObservation(
-            slot_mask=self.layout.mask[None],
-            capacity=self.layout.capacities[None],
-            runnable=runnable[None],
-            util=util[None],
+            slot_mask=self.slot_mask,
+            capacity=self.capacity,
+            runnable=runnable,
+            util=util,
             placed=placed[None],
             work_left=work_left[None],
             task_work=np.array([task_work]),

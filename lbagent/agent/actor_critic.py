@@ -30,6 +30,10 @@ class ActorInput:
     first: torch.Tensor  # (N,) bool: this decision opens an episode
     prev_valid: torch.Tensor  # (N,) bool: there is a previous action in this trial
 
+    def index(self, rows: torch.Tensor) -> "ActorInput":
+        return ActorInput(self.hidden[rows], self.prev_action[rows], self.prev_reward[rows], self.first[rows],
+                          self.prev_valid[rows])
+
 
 class RL2Actor(nn.Module):
     def __init__(self, cfg: DreamerConfig, n_actions: int):

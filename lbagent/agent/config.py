@@ -102,6 +102,29 @@ class DreamerConfig:
     """Episodes per held-out evaluation (one per held-out seed)."""
     checkpoint_every: int = 50_000
     """Write a resumable checkpoint every this many environment steps."""
+    # ---- teacher-guided start (lbagent.agent.teacher)
+    teacher: str = ""
+    """Heuristics that guide the start of a run, in order of preference per row (``kernel`` only
+    where the mask offers it), e.g. ``"kernel,sed"``; empty: no teacher, pure DreamerV3 + RL²."""
+    teacher_share: float = 0.5
+    """Share of env rows the teacher drives right after prefill (prefill itself is all teacher);
+    decays linearly to none at ``teacher_decay``. The rest act with the actor, so replay also holds
+    the actor's own states (labelled with the teacher's action there)."""
+    teacher_decay: int = 100_000
+    """Environment step at which teacher-driven collection has faded out."""
+    bc_start: float = 1.0
+    """Initial weight of the behaviour-cloning cross-entropy toward the teacher's stored actions,
+    added to the imagination actor loss (whose normalized advantages are of order 1)."""
+    bc_floor: float = 0.05
+    """Weight the behaviour cloning decays to and keeps: a weak anchor so imagination errors of a
+    small world model cannot drag the actor far below the teacher."""
+    bc_into_model: bool = False
+    """Let the behaviour-cloning gradient flow into the world model's posterior and encoder too (the
+    actor reads the latent, not the observation, so an untrained latent can hide what the teacher's
+    choice depends on, e.g. which slot has the shortest expected delay)."""
+    bc_decay: int = 200_000
+    """Environment step at which the behaviour-cloning weight reaches ``bc_floor``."""
+
     threads: int = 1
     """torch intra-op threads. One: the ops are small, so a second thread gains little on a quiet
     host and, measured here on a busy one, made an update 5-10x slower (0.7 s vs 6-9 s)."""

@@ -24,6 +24,7 @@ from lbagent.agent.actor_critic import (
 )
 from lbagent.agent.config import DreamerConfig
 from lbagent.agent.nets import LN_EPS
+from lbagent.agent.teacher import bc_loss
 from lbagent.agent.world_model import LatentState, WorldModel, world_model_loss
 from lbagent.spaces import N_ACTIONS, OBS_DIM
 
@@ -75,41 +76,59 @@ class DreamerAgent(nn.Module):
         return ActorInput(hidden, batch["prev_action"][t], batch["prev_reward"][t], batch["first"][t],
                           batch["prev_valid"][t])
 
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def update(self, batch: dict[str, torch.Tensor], bc_weight: float = 0.0) -> dict[str, float]:
+        """One gradient step of world model, actor and critic; ``bc_weight`` scales the behaviour
+        cloning toward the replayed teacher actions (:mod:`lbagent.agent.teacher`)."""
         cfg = self.cfg
         loss, metrics, out = world_model_loss(
             self.wm, batch["obs"], batch["action"], batch["reward"], batch["terminal"], batch["first"]
         )
+        post = out.post.detach()
+        hidden = self.burn_in(post.feat(), batch)
+        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731 - (T, B, ...) -> (T*B, ...)
+        start = LatentState(flat(post.deter), flat(post.stoch))
+        inp = ActorInput(flat(hidden), flat(batch["prev_action"]), flat(batch["prev_reward"]),
+                         flat(batch["first"]), flat(batch["prev_valid"]))
+        mask = flat(batch["mask"])
         self.model_opt.zero_grad(set_to_none=True)
+        self.actor_opt.zero_grad(set_to_none=True)
+        if bc_weight > 0.0:
+            # The actor at every replayed state (one step: cheap next to imagination). With
+            # ``bc_into_model`` its gradient also reaches the posterior and encoder, so the latent
+            # learns to carry what the teacher's decision depends on.
+            feat = flat(out.post.feat()) if cfg.bc_into_model else start.feat()
+            _, logits = self.actor.step(feat, inp)
+            bc = bc_loss(self.actor.log_probs(logits, mask), flat(batch["teacher_action"]))
+            loss = loss + bc_weight * bc
+            metrics.update(bc_loss=bc.item(), bc_weight=bc_weight)
         loss.backward()
         metrics["model_grad_norm"] = nn.utils.clip_grad_norm_(self.wm.parameters(), cfg.model_grad_clip).item()
         self.model_opt.step()
 
-        post = out.post.detach()
-        hidden = self.burn_in(post.feat(), batch)
-        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731 - (T, B, ...) -> (T*B, ...)
-        n = post.deter.shape[0] * post.deter.shape[1]
-        if 0 < cfg.imag_starts < n:
-            pick = torch.randperm(n)[: cfg.imag_starts]
-            flat = lambda x: x.reshape(-1, *x.shape[2:])[pick]  # noqa: E731
-        start = LatentState(flat(post.deter), flat(post.stoch))
-        inp = ActorInput(flat(hidden), flat(batch["prev_action"]), flat(batch["prev_reward"]),
-                         flat(batch["first"]), flat(batch["prev_valid"]))
-        traj = imagine(self.wm, self.actor, start, inp, flat(batch["mask"]), cfg.horizon)
+        some = self._imagination_starts(mask.shape[0])
+        traj = imagine(self.wm, self.actor, start.index(some), inp.index(some), mask[some], cfg.horizon)
         actor_loss, critic_loss, parts = actor_critic_update_terms(
             cfg, self.critic, self.slow_critic, traj, self.normalizer
         )
-        for opt, loss, params in ((self.actor_opt, actor_loss, self.actor.parameters()),
-                                  (self.critic_opt, critic_loss, self.critic.parameters())):
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, cfg.ac_grad_clip)
-            opt.step()
+        actor_loss.backward()  # on top of the behaviour-cloning gradient already in the actor
+        nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.ac_grad_clip)
+        self.actor_opt.step()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.ac_grad_clip)
+        self.critic_opt.step()
         with torch.no_grad():
             for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
                 slow.lerp_(fast, cfg.slow_critic_fraction)
         metrics.update(parts)
         return metrics
+
+    def _imagination_starts(self, n: int) -> torch.Tensor:
+        """Which replayed states imagination starts from: all of them (the paper), or a random
+        ``imag_starts`` of them, which cuts the dominant cost of an update on a CPU."""
+        if self.cfg.imag_starts <= 0 or self.cfg.imag_starts >= n:
+            return torch.arange(n)
+        return torch.randperm(n)[: self.cfg.imag_starts]
 
     def training_state(self) -> dict:
         return {

@@ -2,7 +2,8 @@
 
 Besides the transition itself, each step keeps the RL² actor's inputs at that decision (its hidden
 state before acting, the previous action and reward), so imagination can start from the actor's real
-memory at any replayed point (after a burn-in over the window with the current weights).
+memory at any replayed point (after a burn-in over the window with the current weights), and the
+teacher heuristic's action at that state (the behaviour-cloning label; -1 without a teacher).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ FIELDS: dict[str, tuple[tuple[int, ...], type]] = {
     "first": ((), np.bool_),
     "trial_first": ((), np.bool_),
     "action": ((), np.int64),
+    "teacher_action": ((), np.int64),
     "reward": ((), np.float32),
     "terminal": ((), np.bool_),
     "prev_action": ((), np.int64),

@@ -45,6 +45,9 @@ class LatentState:
     def detach(self) -> "LatentState":
         return LatentState(self.deter.detach(), self.stoch.detach())
 
+    def index(self, rows: torch.Tensor) -> "LatentState":
+        return LatentState(self.deter[rows], self.stoch[rows])
+
 
 class RSSM(nn.Module):
     """Recurrent state-space model: h' = GRU(h, [z, a]); prior p(z|h); posterior q(z|h, embed)."""
