@@ -140,6 +140,23 @@ class CpusetBackend:
         self._leaves.clear()
 
 
+def _set_unclipped(tid: int, original: tuple[int, ...]) -> None:
+    """Give a thread back its original mask *as requested*, not clipped to its cpuset of the moment.
+
+    Since Linux 6.2 the kernel keeps the requested mask and re-applies it whenever the cpuset
+    changes: when a CPU left the cpuset while the task was placed (``clipped`` above: the kernel
+    narrowed our mask), a clipped restore would stay narrow after the CPU comes back, and a
+    restore skipped as "changed elsewhere" would bring our pin back. The kernel clips the request
+    itself; when nothing of the original is left (EINVAL), every CPU is asked for: the default.
+    """
+    try:
+        os.sched_setaffinity(tid, original)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        os.sched_setaffinity(tid, cgroups.online_cpus())
+
+
 def _write(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
@@ -287,14 +304,15 @@ class Actuator:
                 backend = self.cpusets or CpusetBackend()
                 if backend.owns(Path(f"/proc/{p.tgid}/cpuset").read_text().strip()):
                     backend.move(p.tgid, backend.root / p.cgroup.lstrip("/"))
-            allowed = cgroups.cpuset_allowed(p.tgid)
+            allowed = cgroups.cpuset_allowed(p.tgid, fresh=True)
+            clipped = tuple(sorted((set(p.applied) & allowed) or allowed))
             for tid in thread_ids(p.tgid):
                 try:
                     current = tuple(sorted(os.sched_getaffinity(tid)))
-                    if p.mode == "affinity" and current != p.applied:
+                    if p.mode == "affinity" and current not in (p.applied, clipped):
                         self.refusals["changed_elsewhere"] += 1  # someone else's mask now: leave it
                         continue
-                    os.sched_setaffinity(tid, (set(p.original_for(tid)) & allowed) or allowed)
+                    _set_unclipped(tid, p.original_for(tid))
                 except OSError as e:
                     self._error(e)
         except OSError as e:
