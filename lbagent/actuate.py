@@ -10,7 +10,8 @@ load balancer that pins the wrong task can hurt a host far more than a bad place
 - a mask is always clipped to what the task's own cpuset allows, and never widened beyond it;
 - the original mask is written to the state file *before* the change, with the task's start time;
   restoring checks the start time, so a PID reused by another task is never touched;
-- ESRCH (the task exited), EINVAL and EPERM are counted per kind and never raised.
+- ESRCH (the task exited), EINVAL and EPERM are counted per kind and never raised; so is a state
+  file that cannot be written (``state_write``), and then nothing is changed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from lbagent import cgroups
 from lbagent.config import ScopeConfig
-from lbagent.state import Placement, StateFile
+from lbagent.state import Placement, StateFile, StateFileError
 
 PF_KTHREAD = 0x00200000
 PF_NO_SETAFFINITY = 0x04000000
@@ -209,16 +210,26 @@ class Actuator:
             previous = {p.tgid: self.state.placements.get(p.tgid) for _, p in ready}
             for _, p in ready:
                 self.state.placements[p.tgid] = p
-            self.state.save()
+            try:
+                self.state.save()
+            except StateFileError:  # no record, no change (write-ahead): the tasks stay as they are
+                for i, p in ready:
+                    self._forget_failed(p, previous[p.tgid])
+                    outcomes[i] = "error:state_write"
+                self.errors["state_write"] += len(ready)
+                return outcomes
             for i, p in ready:
                 failure = self._apply(p)
                 if failure:
                     outcomes[i] = failure
-                    if previous[p.tgid] is not None:  # an earlier placement still holds: keep its record
-                        self.state.placements[p.tgid] = previous[p.tgid]
-                    else:
-                        self.state.placements.pop(p.tgid, None)
+                    self._forget_failed(p, previous[p.tgid])
         return outcomes
+
+    def _forget_failed(self, p: Placement, previous: Placement | None) -> None:
+        if previous is not None:  # an earlier placement still holds: keep its record
+            self.state.placements[p.tgid] = previous
+        else:
+            self.state.placements.pop(p.tgid, None)
 
     def _refuse(self, reason: str) -> str:
         self.refusals[reason] += 1
