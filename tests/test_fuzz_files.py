@@ -263,3 +263,14 @@ def test_placements_are_refused_not_crashed_when_the_state_file_cannot_be_writte
             assert sorted(os.listdir(mnt)) == ["filler"]
         finally:
             stop(proc)
+
+
+@pytest.mark.kernel
+def test_record_to_a_read_only_directory_exits_2_and_leaves_nothing(tmp_path):
+    """Root ignores directory permissions, so the unwritable place is a read-only mount."""
+    with tiny_tmpfs(tmp_path) as mnt:
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        result = CliRunner().invoke(main, ["record", "--from-perf", str(SAMPLE), "-o", str(mnt / "t.jsonl")])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert result.output == f"lbagent: error: {mnt}/t.jsonl: cannot write the trace here (Read-only file system)\n"
+        assert os.listdir(mnt) == []
