@@ -10,7 +10,8 @@ load balancer that pins the wrong task can hurt a host far more than a bad place
 - a mask is always clipped to what the task's own cpuset allows, and never widened beyond it;
 - the original mask is written to the state file *before* the change, with the task's start time;
   restoring checks the start time, so a PID reused by another task is never touched;
-- ESRCH (the task exited), EINVAL and EPERM are counted per kind and never raised.
+- ESRCH (the task exited), EINVAL and EPERM are counted per kind and never raised; so is a state
+  file that cannot be written (``state_write``), and then nothing is changed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from lbagent import cgroups
 from lbagent.config import ScopeConfig
-from lbagent.state import Placement, StateFile
+from lbagent.state import Placement, StateFile, StateFileError
 
 PF_KTHREAD = 0x00200000
 PF_NO_SETAFFINITY = 0x04000000
@@ -140,6 +141,23 @@ class CpusetBackend:
         self._leaves.clear()
 
 
+def _set_unclipped(tid: int, original: tuple[int, ...]) -> None:
+    """Give a thread back its original mask *as requested*, not clipped to its cpuset of the moment.
+
+    Since Linux 6.2 the kernel keeps the requested mask and re-applies it whenever the cpuset
+    changes: when a CPU left the cpuset while the task was placed (``clipped`` above: the kernel
+    narrowed our mask), a clipped restore would stay narrow after the CPU comes back, and a
+    restore skipped as "changed elsewhere" would bring our pin back. The kernel clips the request
+    itself; when nothing of the original is left (EINVAL), every CPU is asked for: the default.
+    """
+    try:
+        os.sched_setaffinity(tid, original)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        os.sched_setaffinity(tid, cgroups.online_cpus())
+
+
 def _write(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
@@ -192,16 +210,26 @@ class Actuator:
             previous = {p.tgid: self.state.placements.get(p.tgid) for _, p in ready}
             for _, p in ready:
                 self.state.placements[p.tgid] = p
-            self.state.save()
+            try:
+                self.state.save()
+            except StateFileError:  # no record, no change (write-ahead): the tasks stay as they are
+                for i, p in ready:
+                    self._forget_failed(p, previous[p.tgid])
+                    outcomes[i] = "error:state_write"
+                self.errors["state_write"] += len(ready)
+                return outcomes
             for i, p in ready:
                 failure = self._apply(p)
                 if failure:
                     outcomes[i] = failure
-                    if previous[p.tgid] is not None:  # an earlier placement still holds: keep its record
-                        self.state.placements[p.tgid] = previous[p.tgid]
-                    else:
-                        self.state.placements.pop(p.tgid, None)
+                    self._forget_failed(p, previous[p.tgid])
         return outcomes
+
+    def _forget_failed(self, p: Placement, previous: Placement | None) -> None:
+        if previous is not None:  # an earlier placement still holds: keep its record
+            self.state.placements[p.tgid] = previous
+        else:
+            self.state.placements.pop(p.tgid, None)
 
     def _refuse(self, reason: str) -> str:
         self.refusals[reason] += 1
@@ -287,14 +315,15 @@ class Actuator:
                 backend = self.cpusets or CpusetBackend()
                 if backend.owns(Path(f"/proc/{p.tgid}/cpuset").read_text().strip()):
                     backend.move(p.tgid, backend.root / p.cgroup.lstrip("/"))
-            allowed = cgroups.cpuset_allowed(p.tgid)
+            allowed = cgroups.cpuset_allowed(p.tgid, fresh=True)
+            clipped = tuple(sorted((set(p.applied) & allowed) or allowed))
             for tid in thread_ids(p.tgid):
                 try:
                     current = tuple(sorted(os.sched_getaffinity(tid)))
-                    if p.mode == "affinity" and current != p.applied:
+                    if p.mode == "affinity" and current not in (p.applied, clipped):
                         self.refusals["changed_elsewhere"] += 1  # someone else's mask now: leave it
                         continue
-                    os.sched_setaffinity(tid, (set(p.original_for(tid)) & allowed) or allowed)
+                    _set_unclipped(tid, p.original_for(tid))
                 except OSError as e:
                     self._error(e)
         except OSError as e:

@@ -127,10 +127,11 @@ mask to the cpuset (and refuses an empty one with EINVAL, which is counted)."""
 _effective: dict[str, tuple[float, frozenset[int]]] = {}
 
 
-def cpuset_allowed(pid: int, groups: dict[str, str] | None = None) -> frozenset[int]:
+def cpuset_allowed(pid: int, groups: dict[str, str] | None = None, fresh: bool = False) -> frozenset[int]:
     """CPUs the task's cpuset permits: a mask the daemon sets is always clipped to this.
 
-    ``groups`` is the task's :func:`task_cgroups` when the caller has read it already.
+    ``groups`` is the task's :func:`task_cgroups` when the caller has read it already; ``fresh``
+    skips the cache (a restore must judge a mask against the cpuset as it is now).
     """
     groups = groups if groups is not None else task_cgroups(pid)
     table = mounts()
@@ -143,7 +144,7 @@ def cpuset_allowed(pid: int, groups: dict[str, str] | None = None) -> frozenset[
         effective = os.path.join(v2, groups.get("", "/").lstrip("/"), "cpuset.cpus.effective") if v2 else ""
     now = time.monotonic()
     cached = _effective.get(effective)
-    if cached and now - cached[0] < EFFECTIVE_TTL:
+    if cached and now - cached[0] < EFFECTIVE_TTL and not fresh:
         return cached[1]
     try:
         with open(effective) as f:

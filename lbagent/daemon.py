@@ -256,7 +256,8 @@ class Daemon:
         from lbagent.probe import ProbeUnavailable, open_probe
 
         try:
-            probe = open_probe(config.probe, self.probe_scope)
+            probe = open_probe(config.probe, self.probe_scope, Path(config.bpf_object) if config.bpf_object else None,
+                               config.ring_buffer_bytes)
         except ProbeUnavailable as e:
             raise UserError(str(e)) from None
         _info("probe open", probe=probe.kind, scope=str(config.scope))
@@ -290,6 +291,7 @@ class Daemon:
             lbagent_placements_total="placement outcomes (placed, dry_run, refused:reason, error:kind)",
             lbagent_errors_total="failed kernel calls by errno kind (ESRCH, EINVAL, EPERM, other)",
             lbagent_refusals_total="placements the safety rules refused, by rule",
+            lbagent_probe_events_total="probe events received, by kind (arrival, exit; threads included)",
             lbagent_probe_lost_events_total="probe events dropped (ring buffer full, connector overrun)",
             lbagent_managed_tasks="managed tasks alive now",
             lbagent_reloads_total="SIGHUP reloads by result",
@@ -336,6 +338,7 @@ class Daemon:
     def handle(self, events: list[TaskEvent]) -> None:
         requests: dict[int, tuple[frozenset[int], int]] = {}
         for ev in sorted(events, key=lambda e: e.ts_ns):
+            self.metrics.inc("lbagent_probe_events_total", kind=ev.kind.value)
             if ev.pid != ev.tgid:
                 continue  # a thread: it inherits its creator's mask, and restore covers every thread
             if ev.kind == EventKind.ARRIVAL:
@@ -409,7 +412,8 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load_config(self.config_path).with_overrides(**self.overrides) if self.config_path else self.config
-            fixed = [k for k in ("mode", "state_file", "probe", "metrics_address", "metrics_enabled")
+            fixed = [k for k in ("mode", "state_file", "probe", "bpf_object", "ring_buffer_bytes", "metrics_address",
+                                 "metrics_enabled")
                      if getattr(new, k) != getattr(self.config, k)]
             if fixed:
                 raise UserError(f"{', '.join(fixed)} cannot change on reload (restart the daemon)")

@@ -95,8 +95,24 @@ def test_cpu_taken_out_of_service_gives_einval_counted_not_raised(scoped):
         (cs / "cpuset.cpus").write_text("0")  # CPU 1 out of service for this task
         assert act.place_many([(proc.pid, CPU1)]) == ["error:EINVAL"]
         assert act.errors["EINVAL"] == 4 and set(masks(proc.pid).values()) == {CPU0}  # one per thread
-        assert act.restore_all() == {"restored": 1}  # the original (all CPUs) clipped to what is left
+        assert act.restore_all() == {"restored": 1}  # the original (all CPUs), clipped by the kernel
         assert set(masks(proc.pid).values()) == {CPU0}
+        (cs / "cpuset.cpus").write_text("0-1")  # CPU 1 back in service: the original returns whole
+        assert set(masks(proc.pid).values()) == {ALL}
+
+
+def test_cpu_leaving_the_cpuset_after_placement_is_still_restored(scoped):
+    """Placed on CPU 1, then CPU 1 leaves the task's cpuset: the kernel narrows the mask to what is
+    left (our mask, clipped, not someone else's). Restore must still undo it, so that when CPU 1
+    returns the kernel does not bring our pin back with it (it keeps the requested mask, 6.2+)."""
+    act, proc, _ = scoped
+    with v1_cpuset("lbagent-t-shrink", "0-1", proc.pid) as cs:
+        assert act.place_many([(proc.pid, CPU1)]) == ["placed"]
+        (cs / "cpuset.cpus").write_text("0")
+        assert set(masks(proc.pid).values()) == {CPU0}
+        assert act.restore_all() == {"restored": 1} and act.refusals["changed_elsewhere"] == 0
+        (cs / "cpuset.cpus").write_text("0-1")
+        assert set(masks(proc.pid).values()) == {ALL}
 
 
 def test_reused_pid_is_never_touched(scoped):
