@@ -10,7 +10,8 @@ load balancer that pins the wrong task can hurt a host far more than a bad place
 - a mask is always clipped to what the task's own cpuset allows, and never widened beyond it;
 - the original mask is written to the state file *before* the change, with the task's start time;
   restoring checks the start time, so a PID reused by another task is never touched;
-- ESRCH (the task exited), EINVAL and EPERM are counted per kind and never raised.
+- ESRCH (the task exited), EINVAL and EPERM are counted per kind and never raised; so is a state
+  file that cannot be written (``state_write``), and then nothing is changed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from lbagent import cgroups
 from lbagent.config import ScopeConfig
-from lbagent.state import Placement, StateFile
+from lbagent.state import Placement, StateFile, StateFileError
 
 PF_KTHREAD = 0x00200000
 PF_NO_SETAFFINITY = 0x04000000
@@ -72,11 +73,11 @@ def thread_ids(pid: int) -> list[int]:
         raise ProcessLookupError(pid) from None
 
 
-def in_scope(scope: ScopeConfig, pid: int, comm: str) -> bool:
+def in_scope(scope: ScopeConfig, pid: int, comm: str, groups: dict[str, str]) -> bool:
     """The actuator's own scope check: the probe filters too, but a policy must never widen it."""
     if scope.comms and comm not in scope.comms:
         return False
-    if scope.cgroups and cgroups.task_v2_path(pid) not in scope.cgroups:
+    if scope.cgroups and groups.get("", "/") not in scope.cgroups:
         return False
     if scope.uids and read_uid(pid) not in scope.uids:
         return False
@@ -140,6 +141,23 @@ class CpusetBackend:
         self._leaves.clear()
 
 
+def _set_unclipped(tid: int, original: tuple[int, ...]) -> None:
+    """Give a thread back its original mask *as requested*, not clipped to its cpuset of the moment.
+
+    Since Linux 6.2 the kernel keeps the requested mask and re-applies it whenever the cpuset
+    changes: when a CPU left the cpuset while the task was placed (``clipped`` above: the kernel
+    narrowed our mask), a clipped restore would stay narrow after the CPU comes back, and a
+    restore skipped as "changed elsewhere" would bring our pin back. The kernel clips the request
+    itself; when nothing of the original is left (EINVAL), every CPU is asked for: the default.
+    """
+    try:
+        os.sched_setaffinity(tid, original)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        os.sched_setaffinity(tid, cgroups.online_cpus())
+
+
 def _write(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
@@ -189,14 +207,29 @@ class Actuator:
             else:
                 outcomes.append(result)
         if ready and not self.dry_run:
+            previous = {p.tgid: self.state.placements.get(p.tgid) for _, p in ready}
             for _, p in ready:
                 self.state.placements[p.tgid] = p
-            self.state.save()
+            try:
+                self.state.save()
+            except StateFileError:  # no record, no change (write-ahead): the tasks stay as they are
+                for i, p in ready:
+                    self._forget_failed(p, previous[p.tgid])
+                    outcomes[i] = "error:state_write"
+                self.errors["state_write"] += len(ready)
+                return outcomes
             for i, p in ready:
                 failure = self._apply(p)
                 if failure:
                     outcomes[i] = failure
+                    self._forget_failed(p, previous[p.tgid])
         return outcomes
+
+    def _forget_failed(self, p: Placement, previous: Placement | None) -> None:
+        if previous is not None:  # an earlier placement still holds: keep its record
+            self.state.placements[p.tgid] = previous
+        else:
+            self.state.placements.pop(p.tgid, None)
 
     def _refuse(self, reason: str) -> str:
         self.refusals[reason] += 1
@@ -217,9 +250,10 @@ class Actuator:
             return self._refuse("no_setaffinity")
         if info.flags & PF_KTHREAD:
             return self._refuse("kthread")
-        if not in_scope(self.scope, tgid, info.comm):
+        groups = cgroups.task_cgroups(tgid)
+        if not in_scope(self.scope, tgid, info.comm, groups):
             return self._refuse("out_of_scope")
-        allowed = cgroups.cpuset_allowed(tgid)
+        allowed = cgroups.cpuset_allowed(tgid, groups)
         target = slot_cpus & allowed
         if not target or (self.mode == "cpuset" and target != slot_cpus):
             return self._refuse("outside_cpuset")
@@ -258,10 +292,8 @@ class Actuator:
                         failure = self._error(e)
             if changed:
                 return None
-            self.state.placements.pop(p.tgid, None)
             return failure or self._error(ProcessLookupError(errno.ESRCH, "no thread left"))
         except OSError as e:
-            self.state.placements.pop(p.tgid, None)
             return self._error(e)
 
     # ---------------------------------------------------------------- undoing
@@ -283,14 +315,15 @@ class Actuator:
                 backend = self.cpusets or CpusetBackend()
                 if backend.owns(Path(f"/proc/{p.tgid}/cpuset").read_text().strip()):
                     backend.move(p.tgid, backend.root / p.cgroup.lstrip("/"))
-            allowed = cgroups.cpuset_allowed(p.tgid)
+            allowed = cgroups.cpuset_allowed(p.tgid, fresh=True)
+            clipped = tuple(sorted((set(p.applied) & allowed) or allowed))
             for tid in thread_ids(p.tgid):
                 try:
                     current = tuple(sorted(os.sched_getaffinity(tid)))
-                    if p.mode == "affinity" and current != p.applied:
+                    if p.mode == "affinity" and current not in (p.applied, clipped):
                         self.refusals["changed_elsewhere"] += 1  # someone else's mask now: leave it
                         continue
-                    os.sched_setaffinity(tid, (set(p.original_for(tid)) & allowed) or allowed)
+                    _set_unclipped(tid, p.original_for(tid))
                 except OSError as e:
                     self._error(e)
         except OSError as e:
@@ -330,9 +363,10 @@ class Actuator:
             pid = int(entry)
             try:
                 info = read_task(pid)
-                if info.flags & (PF_KTHREAD | PF_NO_SETAFFINITY) or not in_scope(self.scope, pid, info.comm):
+                groups = cgroups.task_cgroups(pid)
+                if info.flags & (PF_KTHREAD | PF_NO_SETAFFINITY) or not in_scope(self.scope, pid, info.comm, groups):
                     continue
-                allowed = cgroups.cpuset_allowed(pid)
+                allowed = cgroups.cpuset_allowed(pid, groups)
                 recognised = {frozenset(m & allowed) for m in slot_masks} - {allowed, frozenset()}
                 tids = thread_ids(pid)
                 if not all(frozenset(os.sched_getaffinity(t)) in recognised for t in tids):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import select
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,13 +92,24 @@ def v2_has_cpuset(root: Path | None) -> bool:
         return False
 
 
+def task_cgroups(pid: int) -> dict[str, str]:
+    """The task's cgroup per hierarchy, from one read of /proc/PID/cgroup: ``""`` is the v2 path,
+    other keys are v1 controller lists (``"cpuset"``, ``"cpu,cpuacct"``...)."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ProcessLookupError(pid) from None
+    out = {}
+    for line in text.splitlines():
+        _, controllers, path = line.split(":", 2)
+        out[controllers] = path
+    return out
+
+
 def task_v2_path(pid: int) -> str:
     """The task's cgroup v2 path (the ``0::`` line), e.g. ``/lbagent-demo``."""
-    with open(f"/proc/{pid}/cgroup") as f:
-        for line in f:
-            if line.startswith("0::"):
-                return line[3:].rstrip("\n")
-    return "/"
+    return task_cgroups(pid).get("", "/")
 
 
 def cgroup_id(root: Path, path: str) -> int:
@@ -109,22 +121,37 @@ def online_cpus() -> frozenset[int]:
     return parse_cpulist(Path("/sys/devices/system/cpu/online").read_text())
 
 
-def cpuset_allowed(pid: int) -> frozenset[int]:
-    """CPUs the task's cpuset permits: a mask the daemon sets is always clipped to this."""
-    try:
-        with open(f"/proc/{pid}/cpuset") as f:
-            path = f.read().strip().lstrip("/")
-    except FileNotFoundError:
-        raise ProcessLookupError(pid) from None
+EFFECTIVE_TTL = 1.0
+"""Seconds a cpuset's effective CPUs are reused. A stale value is harmless: the kernel itself clips a
+mask to the cpuset (and refuses an empty one with EINVAL, which is counted)."""
+_effective: dict[str, tuple[float, frozenset[int]]] = {}
+
+
+def cpuset_allowed(pid: int, groups: dict[str, str] | None = None, fresh: bool = False) -> frozenset[int]:
+    """CPUs the task's cpuset permits: a mask the daemon sets is always clipped to this.
+
+    ``groups`` is the task's :func:`task_cgroups` when the caller has read it already; ``fresh``
+    skips the cache (a restore must judge a mask against the cpuset as it is now).
+    """
+    groups = groups if groups is not None else task_cgroups(pid)
     table = mounts()
     v1 = v1_cpuset_root(table)
     if v1 is not None:
-        effective = os.path.join(v1, path, "cpuset.effective_cpus")
+        path = next((p for c, p in groups.items() if "cpuset" in c.split(",")), "/")
+        effective = os.path.join(v1, path.lstrip("/"), "cpuset.effective_cpus")
     else:  # no v1 cpuset mount: the controller (if any) lives on v2
         v2 = unified_root(table)
-        effective = os.path.join(v2, path, "cpuset.cpus.effective") if v2 is not None else ""
+        effective = os.path.join(v2, groups.get("", "/").lstrip("/"), "cpuset.cpus.effective") if v2 else ""
+    now = time.monotonic()
+    cached = _effective.get(effective)
+    if cached and now - cached[0] < EFFECTIVE_TTL and not fresh:
+        return cached[1]
     try:
         with open(effective) as f:
-            return parse_cpulist(f.read())
+            cpus = parse_cpulist(f.read())
     except OSError:
         return online_cpus()
+    if len(_effective) > 1024:
+        _effective.clear()
+    _effective[effective] = (now, cpus)
+    return cpus

@@ -6,10 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-# Before numpy loads: every matrix lbagent multiplies in numpy is small (policy layers over at most
-# a few dozen rows), where OpenBLAS's thread pool costs more than it saves. Measured here: a 16x256 @
-# 256x384 float32 product took 0.65 ms threaded and 0.08 ms on one thread, and on a busy host the
-# threaded actor slowed sim-train's collection to 130 env steps/s.
+# Before numpy loads: one OpenBLAS thread (why: lbagent/blas.py, which does the same after loading).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import click  # noqa: E402
@@ -614,6 +611,55 @@ def bench_daemon(rate: float, seconds: float, policy: str, probe: str, as_json: 
     from lbagent import daemon_bench
 
     daemon_bench.main(rate=rate, seconds=seconds, policy=policy, probe=probe, as_json=as_json)
+
+
+@bench.command("storm")
+@click.option("--rate", default=5000.0, show_default=True, type=click.FloatRange(1), help="Tasks per second asked for.")
+@click.option("--seconds", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600))
+@click.option("--policy", default="round_robin", show_default=True)
+@click.option("--probe", default="bpf", show_default=True, type=PROBE_CHOICE)
+@click.option("--ring-bytes", type=int, default=None, help="The probe's ring buffer size (default: the config's).")
+@click.option("--json", "as_json", is_flag=True)
+def bench_storm(rate: float, seconds: float, policy: str, probe: str, ring_bytes: int | None, as_json: bool) -> None:
+    """A real `lbagent run` under a fork storm of RATE x SECONDS tiny tasks, forked as fast as the host
+    allows: achieved tasks/s, events seen and lost (all accounted for), latency, RSS growth, fds, links.
+
+    \b
+    Example:
+      sudo lbagent bench storm --rate 5000 --seconds 30 --json
+    """
+    from lbagent.storm import storm
+
+    r = storm(rate, seconds, policy, probe, ring_bytes=ring_bytes)
+    _report({k: (str(v) if isinstance(v, dict) else v) for k, v in r.items()},
+            f"fork storm: {r['tasks']} tasks asked at {rate:.0f}/s", as_json)
+
+
+@bench.command("soak")
+@click.option("--minutes", default=10.0, show_default=True, type=click.FloatRange(0.1, 1440))
+@click.option("--rate", default=200.0, show_default=True, type=click.FloatRange(1), help="Tasks per second.")
+@click.option("--interval", default=10.0, show_default=True, type=click.FloatRange(1), help="Seconds between samples.")
+@click.option("--policy", default="round_robin", show_default=True)
+@click.option("--probe", default="bpf", show_default=True, type=PROBE_CHOICE)
+@click.option("--json", "as_json", is_flag=True)
+def bench_soak(minutes: float, rate: float, interval: float, policy: str, probe: str, as_json: bool) -> None:
+    """Steady arrivals into a real `lbagent run` for MINUTES: RSS, open fds and BPF links sampled
+    every INTERVAL s must stay flat; every probe event seen or counted lost.
+
+    \b
+    Example:
+      sudo lbagent bench soak --minutes 10 --rate 200
+    """
+    from lbagent.storm import soak
+
+    def show(sample: dict) -> None:
+        if not as_json:
+            click.echo(" ".join(f"{k}={v}" for k, v in sample.items()), err=True)
+
+    r = soak(minutes, rate, policy, probe, interval, show)
+    samples = r.pop("samples")
+    _report({**r, "fds": str(r["fds"]), "bpf_links": str(r["bpf_links"]), **({"samples": samples} if as_json else {})},
+            f"soak: {minutes:g} min at {rate:.0f} tasks/s", as_json)
 
 
 if __name__ == "__main__":

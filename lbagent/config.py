@@ -50,6 +50,10 @@ class Config:
     log_level: str = "info"
     snapshot_interval: float = 0.05
     """Seconds between probe snapshots that feed the per-slot features."""
+    bpf_object: str | None = None
+    """The probe's BPF object (default: the one installed with lbagent)."""
+    ring_buffer_bytes: int = 1 << 22
+    """The BPF probe's event ring: events that find it full are dropped and counted as lost."""
     metrics_address: str = f"127.0.0.1:{DEFAULT_METRICS_PORT}"
     metrics_enabled: bool = True
     source: str = "<defaults>"
@@ -92,6 +96,12 @@ def _address(v: str) -> str | None:
     return None
 
 
+def _ring_size(v: int) -> str | None:
+    if v < 4096 or v > 1 << 30 or v & (v - 1):
+        return f"must be a power of two from 4096 to {1 << 30} bytes, got {v}"
+    return None
+
+
 def _cgroup_list(v: list) -> str | None:
     for p in v:
         if not isinstance(p, str) or not p.startswith("/") or "/../" in p + "/" or "\0" in p:
@@ -127,6 +137,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "dry_run": (bool, None),
         "log_level": (str, _one_of(LOG_LEVELS)),
         "snapshot_interval": ((int, float), _positive_range(0.005, 5.0)),
+        "bpf_object": (str, _absolute_path),
+        "ring_buffer_bytes": (int, _ring_size),
     },
     "metrics": {
         "enabled": (bool, None),

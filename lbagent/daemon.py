@@ -146,6 +146,23 @@ class HostView:
         self.layout = spaces.build_slots(read_cpus())
         self.slot_masks = [frozenset(s.cpus) for s in self.layout.slots]
         self.slot_of_cpu = self.layout.slot_of_cpu()
+        self.slot_mask, self.capacity = self.layout.mask[None], self.layout.capacities[None]
+        self._per_snapshot: tuple[Snapshot | None, np.ndarray, np.ndarray] = (None, np.zeros(0), np.zeros(0))
+
+    def cpu_state(self, snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
+        """Runnable tasks and utilization per slot; computed once per snapshot, not per decision."""
+        if self._per_snapshot[0] is not snap:
+            m = spaces.MAX_SLOTS
+            runnable, util, count = np.zeros(m), np.zeros(m), np.zeros(m)
+            for c in snap.cpus:
+                s = self.slot_of_cpu.get(c.cpu)
+                if s is not None:
+                    runnable[s] += c.runq
+                    util[s] += c.util
+                    count[s] += 1
+            util = np.where(count > 0, util / np.maximum(count, 1), 0.0)
+            self._per_snapshot = (snap, runnable[None], util[None])
+        return self._per_snapshot[1], self._per_snapshot[2]
 
     def raw(
         self,
@@ -158,26 +175,21 @@ class HostView:
         since_last: float,
     ) -> spaces.RawObservation:
         m = spaces.MAX_SLOTS
-        runnable, util, count = np.zeros(m), np.zeros(m), np.zeros(m)
-        for c in snap.cpus:
-            s = self.slot_of_cpu.get(c.cpu)
-            if s is not None:
-                runnable[s] += c.runq
-                util[s] += c.util
-                count[s] += 1
-        util = np.where(count > 0, util / np.maximum(count, 1), 0.0)
+        runnable, util = self.cpu_state(snap)
         while recent and now_ns - recent[0][0] > max(snap.window_ns, 1):
             recent.popleft()  # placements older than the window no longer count
-        placed = np.bincount([s for _, s in recent], minlength=m)[:m].astype(float)
+        placed = np.zeros(m)
+        for _, s in recent:
+            placed[s] += 1
         work_left = np.zeros(m)
         for t in live.values():
             if t.slot is not None:
                 work_left[t.slot] += max(t.work - (now_ns - t.arrival_ns) / 1e9, 0.0)
         return spaces.RawObservation(
-            slot_mask=self.layout.mask[None],
-            capacity=self.layout.capacities[None],
-            runnable=runnable[None],
-            util=util[None],
+            slot_mask=self.slot_mask,
+            capacity=self.capacity,
+            runnable=runnable,
+            util=util,
             placed=placed[None],
             work_left=work_left[None],
             task_work=np.array([task_work]),
@@ -244,7 +256,8 @@ class Daemon:
         from lbagent.probe import ProbeUnavailable, open_probe
 
         try:
-            probe = open_probe(config.probe, self.probe_scope)
+            probe = open_probe(config.probe, self.probe_scope, Path(config.bpf_object) if config.bpf_object else None,
+                               config.ring_buffer_bytes)
         except ProbeUnavailable as e:
             raise UserError(str(e)) from None
         _info("probe open", probe=probe.kind, scope=str(config.scope))
@@ -278,6 +291,7 @@ class Daemon:
             lbagent_placements_total="placement outcomes (placed, dry_run, refused:reason, error:kind)",
             lbagent_errors_total="failed kernel calls by errno kind (ESRCH, EINVAL, EPERM, other)",
             lbagent_refusals_total="placements the safety rules refused, by rule",
+            lbagent_probe_events_total="probe events received, by kind (arrival, exit; threads included)",
             lbagent_probe_lost_events_total="probe events dropped (ring buffer full, connector overrun)",
             lbagent_managed_tasks="managed tasks alive now",
             lbagent_reloads_total="SIGHUP reloads by result",
@@ -324,6 +338,7 @@ class Daemon:
     def handle(self, events: list[TaskEvent]) -> None:
         requests: dict[int, tuple[frozenset[int], int]] = {}
         for ev in sorted(events, key=lambda e: e.ts_ns):
+            self.metrics.inc("lbagent_probe_events_total", kind=ev.kind.value)
             if ev.pid != ev.tgid:
                 continue  # a thread: it inherits its creator's mask, and restore covers every thread
             if ev.kind == EventKind.ARRIVAL:
@@ -397,7 +412,8 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load_config(self.config_path).with_overrides(**self.overrides) if self.config_path else self.config
-            fixed = [k for k in ("mode", "state_file", "probe", "metrics_address", "metrics_enabled")
+            fixed = [k for k in ("mode", "state_file", "probe", "bpf_object", "ring_buffer_bytes", "metrics_address",
+                                 "metrics_enabled")
                      if getattr(new, k) != getattr(self.config, k)]
             if fixed:
                 raise UserError(f"{', '.join(fixed)} cannot change on reload (restart the daemon)")

@@ -9,6 +9,7 @@ while the arrivals run; start-to-READY is the time from spawning to the READY=1 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import tempfile
@@ -27,6 +28,8 @@ BENCH_CGROUP = "lbagent-bench"
 TASK_WORK = 0.0005
 TASK_HOLD = 0.02
 """Each task sleeps 20 ms first: alive when the daemon places it, yet 500/s cost little CPU."""
+GENERATOR_RATE = 200.0
+"""Arrivals per second one generator process sustains here (a fork costs about 1-2 ms)."""
 RUNTIME_DIR = "/dev/shm"
 """The state file goes on a tmpfs, as /run is on a systemd host (its fsync is then free)."""
 
@@ -76,11 +79,13 @@ def measure(rate: float, seconds: float, policy: str, probe: str) -> dict:
             config = demo_config("/" + cg.name, Path(tmp) / "state.json", metrics=address, probe=probe)
             daemon = DaemonProcess(config, policy, Path(tmp), unit_scheduling=True)
             try:
-                idle_rss = psutil.Process(daemon.proc.pid).memory_info().rss / 2**20
+                proc = psutil.Process(daemon.proc.pid)
+                idle_rss, fds_start = proc.memory_info().rss / 2**20, proc.num_fds()
                 sampler = Sampler(daemon.proc.pid)
-                results = workload.run(tasks, cg)
+                results = workload.run(tasks, cg, workers=max(1, math.ceil(rate / GENERATOR_RATE)))
                 time.sleep(0.2)  # the last exits reach the daemon
                 peak_rss, cpu = sampler.finish()
+                end_rss, fds_end = proc.memory_info().rss / 2**20, proc.num_fds()
                 metrics = parse(scrape(address))
             finally:
                 code = daemon.stop()
@@ -93,6 +98,7 @@ def measure(rate: float, seconds: float, policy: str, probe: str) -> dict:
         "policy": policy,
         "probe": dict(next(iter(metrics.get("lbagent_info", {})), ())).get("probe"),
         "arrivals": len(results),
+        "achieved_rate": len(results) / max(max(a for a, _, _ in results) - min(a for a, _, _ in results), 1e-9),
         "decisions": sum(metrics.get("lbagent_decisions_total", {}).values()),
         "placed": placed,
         "latency_p50_ms": histogram_quantile(metrics, 0.5) * 1e3,
@@ -102,6 +108,9 @@ def measure(rate: float, seconds: float, policy: str, probe: str) -> dict:
         "daemon_cpu": cpu,
         "rss_idle_mb": idle_rss,
         "rss_peak_mb": peak_rss,
+        "rss_end_mb": end_rss,
+        "fds_start": fds_start,
+        "fds_end": fds_end,
         "ready_s": daemon.ready_after,
         "exit_code": code,
     }
@@ -121,11 +130,14 @@ def main(rate: float, seconds: float, policy: str, probe: str, as_json: bool) ->
     table.add_column("target", justify="right")
     rows = [
         ("arrivals / decisions / placed", f"{r['arrivals']} / {r['decisions']:.0f} / {r['placed']:.0f}", ""),
+        ("arrivals/s achieved", f"{r['achieved_rate']:.0f}", f"{rate:.0f}"),
         ("arrival-to-affinity p50", f"{r['latency_p50_ms']:.3f} ms", ""),
         ("arrival-to-affinity p99", f"{r['latency_p99_ms']:.3f} ms", "<= 2 ms"),
         ("lost probe events", f"{r['lost_events']:.0f}", "counted"),
         ("daemon CPU", f"{100 * r['daemon_cpu']:.1f} % of one CPU", ""),
-        ("daemon RSS idle / peak", f"{r['rss_idle_mb']:.1f} / {r['rss_peak_mb']:.1f} MB", "<= 120 MB"),
+        ("daemon RSS idle / peak / end", f"{r['rss_idle_mb']:.1f} / {r['rss_peak_mb']:.1f} / {r['rss_end_mb']:.1f} MB",
+         "<= 120 MB"),
+        ("open fds start / end", f"{r['fds_start']} / {r['fds_end']}", "equal (no leak)"),
         ("start to READY", f"{r['ready_s']:.3f} s", "<= 2 s"),
         ("exit code after SIGTERM", str(r["exit_code"]), "0"),
     ]

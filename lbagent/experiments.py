@@ -161,8 +161,9 @@ def plot_adaptation(result: dict, path: Path) -> None:
         # at_episode counts from 0: the change falls between (1-based) episodes at and at + 1
         ax.axvline(at + 0.5, color="grey", linestyle=":", label="workload shift")
     ax.set_xticks(x)
+    ax.set_yscale("log")  # policies can differ by 100x (an untrained A2C vs SED)
     ax.set_xlabel("episode within the trial")
-    ax.set_ylabel("mean job completion time")
+    ax.set_ylabel("mean job completion time (log)")
     ax.set_title(f"adaptation within a trial: suite {result['suite']}")
     ax.legend(fontsize=7)
     fig.tight_layout()

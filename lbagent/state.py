@@ -95,16 +95,20 @@ class StateFile:
             separators=(",", ":"),
         ).encode()
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(body)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, self.path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.fchmod(fd, 0o600)
+                view = memoryview(body)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.path)
+        except OSError as e:  # disk full, read-only: the previous file stays whole, no temp file is left
+            tmp.unlink(missing_ok=True)
+            raise StateFileError(f"state file {self.path}: cannot write: {e.strerror or e}") from None
 
     def remove(self) -> None:
         """After a clean stop nothing is left to restore: no file means no work at the next start."""

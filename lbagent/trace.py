@@ -147,19 +147,36 @@ class TraceWriter:
         self.write(header)
 
     def write(self, item: Header | Event) -> None:
-        self._out.write(json.dumps(_record(item), separators=(",", ":")).encode() + b"\n")
+        try:
+            self._out.write(json.dumps(_record(item), separators=(",", ":")).encode() + b"\n")
+        except OSError as exc:
+            raise self._failed(exc) from None
 
     def close(self) -> None:
-        if self._out is not self._raw:
-            self._out.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
-        os.replace(self._tmp, self.path)
+        try:
+            if self._out is not self._raw:
+                self._out.close()
+            self._raw.flush()
+            os.fsync(self._raw.fileno())
+            self._raw.close()
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: OSError) -> TraceError:
+        """A write that failed part way (disk full, I/O error): drop the partial file, say why."""
+        self.discard()
+        return TraceError(f"{self.path}: cannot write the trace ({exc.strerror or exc})")
 
     def discard(self) -> None:
-        self._raw.close()
-        os.unlink(self._tmp)
+        try:
+            self._raw.close()
+        except OSError:
+            pass  # closing flushes: on a full disk that fails too, and the file goes anyway
+        try:
+            os.unlink(self._tmp)
+        except FileNotFoundError:
+            pass
 
     def __enter__(self) -> TraceWriter:
         return self
@@ -167,7 +184,7 @@ class TraceWriter:
     def __exit__(self, exc_type, *_) -> None:
         if exc_type is None:
             self.close()
-        else:
+        elif exc_type is not TraceError:  # a TraceError from a failed write has discarded already
             self.discard()
 
 
@@ -248,7 +265,7 @@ def _parse_header(where: str, record: dict) -> Header:
 
 def _parse_event(where: str, record: dict, n_cpus: int) -> Event:
     kind = record.get("type")
-    if kind not in _TYPES:
+    if not isinstance(kind, str) or kind not in _TYPES:
         raise TraceError(f"{where}: field 'type' must be one of {sorted(_TYPES)}, got {kind!r}")
     if kind == "sample":
         cpus = tuple(_cpus(where, record, ("cpu", "runq", "util", "arrivals")))

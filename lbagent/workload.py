@@ -21,8 +21,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 
 @dataclass(frozen=True)
 class Task:
@@ -44,6 +42,8 @@ def make_schedule(
     burst_factor: float = 4.0,
 ) -> list[Task]:
     """Tasks whose total work is about ``cpu_load`` CPUs for ``seconds``, bursty and heavy-tailed."""
+    import numpy as np  # not at module level: the generator forks, and numpy's mappings make fork 4x slower
+
     rng = np.random.default_rng(seed)
     rate = cpu_load / mean_work
     calm_rate, burst_rate = rate * 0.5, rate * burst_factor
@@ -69,7 +69,9 @@ def burn(work: float) -> None:
         pass
 
 
-def generate(tasks: list[Task], cgroup_procs: str | None, drain: float = 1e9) -> list[tuple[float, float, bool]]:
+def generate(
+    tasks: list[Task], cgroup_procs: str | None, drain: float = 1e9, start_at: float | None = None
+) -> list[tuple[float, float, bool]]:
     """Run the schedule from this process: (arrival, completion time, finished) per task.
 
     Tasks still running ``drain`` seconds after the last arrival are killed and reported unfinished,
@@ -77,7 +79,9 @@ def generate(tasks: list[Task], cgroup_procs: str | None, drain: float = 1e9) ->
     """
     if cgroup_procs:
         Path(cgroup_procs).write_text("0")
-    start = time.monotonic()
+    if start_at is not None:
+        time.sleep(max(0.0, start_at - time.monotonic()))
+    start = time.monotonic() if start_at is None else start_at
     pending: dict[int, tuple[int, int, float]] = {}  # pidfd -> (pid, index, arrival)
     results: list[tuple[float, float, bool]] = [(0.0, 0.0, False)] * len(tasks)
     poller = select.poll()
@@ -115,16 +119,35 @@ def generate(tasks: list[Task], cgroup_procs: str | None, drain: float = 1e9) ->
     return results
 
 
-def run(tasks: list[Task], cgroup_dir: Path | None, drain: float = 1e9) -> list[tuple[float, float, bool]]:
-    """Run the generator as a child process (so only it and its tasks join the cgroup)."""
-    payload = json.dumps({"tasks": [[t.at, t.work, t.hold] for t in tasks], "drain": drain,
-                          "cgroup_procs": str(cgroup_dir / "cgroup.procs") if cgroup_dir else None})
-    timeout = (tasks[-1].at if tasks else 0.0) + min(drain, 3600) + 60
-    out = subprocess.run([sys.executable, "-m", "lbagent.workload"], input=payload, capture_output=True,
-                         text=True, timeout=timeout, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"workload generator failed: {out.stderr.strip()[-500:]}")
-    return [tuple(r) for r in json.loads(out.stdout)]
+def run(
+    tasks: list[Task], cgroup_dir: Path | None, drain: float = 1e9, workers: int = 1
+) -> list[tuple[float, float, bool]]:
+    """Run the schedule from generator processes (only they and their tasks join the cgroup).
+
+    A fork costs about a millisecond on these hosts, so high arrival rates deal the tasks
+    round-robin to ``workers`` generators, which all start at the same CLOCK_MONOTONIC instant;
+    results come back in schedule order.
+    """
+    start_at = time.monotonic() + 0.3 + 0.1 * workers
+    procs = []
+    for w in range(workers):
+        payload = json.dumps({"tasks": [[t.at, t.work, t.hold] for t in tasks[w::workers]], "drain": drain,
+                              "start_at": start_at,
+                              "cgroup_procs": str(cgroup_dir / "cgroup.procs") if cgroup_dir else None})
+        p = subprocess.Popen([sys.executable, "-m", "lbagent.workload"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p.stdin.write(payload)
+        p.stdin.close()
+        p.stdin = None  # sent: communicate() only collects the results
+        procs.append(p)
+    timeout = start_at - time.monotonic() + (tasks[-1].at if tasks else 0.0) + min(drain, 3600) + 60
+    results: list = [None] * len(tasks)
+    for w, p in enumerate(procs):
+        out, err = p.communicate(timeout=timeout)
+        if p.returncode != 0:
+            raise RuntimeError(f"workload generator failed: {err.strip()[-500:]}")
+        results[w::workers] = [tuple(r) for r in json.loads(out)]
+    return results
 
 
 class NoisyNeighbour:
@@ -149,7 +172,7 @@ class NoisyNeighbour:
 def _main() -> None:
     spec = json.loads(sys.stdin.read())
     tasks = [Task(a, w, h) for a, w, h in spec["tasks"]]
-    json.dump(generate(tasks, spec.get("cgroup_procs"), spec["drain"]), sys.stdout)
+    json.dump(generate(tasks, spec.get("cgroup_procs"), spec["drain"], spec.get("start_at")), sys.stdout)
 
 
 if __name__ == "__main__":

@@ -125,10 +125,13 @@ def known_suites() -> list[str]:
 
 
 def load_suite(name_or_path: str | Path) -> Suite:
-    """A shipped suite by name (``train``, ``park``, ``shift``, ``heldout``) or a .toml file by path."""
+    """A shipped suite by name (``train``, ``park``, ``shift``, ``heldout``) or a .toml file by path.
+
+    A bare word is a name, even when the working directory holds a file or directory of that name
+    (a run directory called ``park`` must not shadow the ``park`` suite); a path has a ``/`` or ``.toml``."""
     text = str(name_or_path)
     path = Path(text)
-    if not (text.endswith(".toml") or path.exists()):
+    if not (text.endswith(".toml") or "/" in text):
         if text not in known_suites():
             raise ScenarioError(f"unknown suite {text!r}: known suites are {', '.join(known_suites())}, or give a .toml path")
         path = SUITE_DIR / f"{text}.toml"

@@ -33,6 +33,21 @@ def v2_cgroup(name: str):
         d.rmdir()
 
 
+@contextmanager
+def v1_cpuset(name: str, cpus: str, pid: int):
+    """A v1 cpuset limited to ``cpus`` holding ``pid``; afterwards the task goes back to the root."""
+    cs = cgroups.v1_cpuset_root() / f"{name}-{os.getpid()}"
+    cs.mkdir()
+    try:
+        (cs / "cpuset.cpus").write_text(cpus)
+        (cs / "cpuset.mems").write_text((cs.parent / "cpuset.mems").read_text())
+        (cs / "cgroup.procs").write_text(str(pid))
+        yield cs
+    finally:
+        (cs.parent / "cgroup.procs").write_text(str(pid))
+        cs.rmdir()
+
+
 def kill_all(d: Path) -> None:
     for _ in range(50):
         pids = [int(p) for p in (d / "cgroup.procs").read_text().split()]

@@ -16,7 +16,7 @@ from lbagent import cgroups
 from lbagent.actuate import Actuator, read_task
 from lbagent.config import ScopeConfig
 from lbagent.state import StateFile
-from livehost import masks, spawn_in, stop, v2_cgroup
+from livehost import masks, spawn_in, stop, v1_cpuset, v2_cgroup
 
 pytestmark = pytest.mark.kernel
 ALL = cgroups.online_cpus()
@@ -75,23 +75,44 @@ def test_out_of_scope_task_is_refused_even_when_asked(scoped):
         act.restore_all()
 
 
-def test_mask_is_clipped_to_the_tasks_cpuset(scoped, tmp_path):
+def test_mask_is_clipped_to_the_tasks_cpuset(scoped):
     """A task confined to CPU 1 by a (v1) cpuset is never given CPU 0, nor moved off its cpuset."""
     act, proc, _ = scoped
-    cs = cgroups.v1_cpuset_root() / f"lbagent-t-clip-{os.getpid()}"
-    cs.mkdir()
-    try:
-        (cs / "cpuset.cpus").write_text("1")
-        (cs / "cpuset.mems").write_text((cs.parent / "cpuset.mems").read_text())
-        (cs / "cgroup.procs").write_text(str(proc.pid))
+    with v1_cpuset("lbagent-t-clip", "1", proc.pid):
         assert set(masks(proc.pid).values()) == {CPU1}
         assert act.place_many([(proc.pid, CPU0)]) == ["refused:outside_cpuset"]
         assert act.place_many([(proc.pid, ALL)]) == ["placed"]
         assert act.state.placements[proc.pid].applied == (1,)
         assert set(masks(proc.pid).values()) == {CPU1}
-    finally:
-        (cs.parent / "cgroup.procs").write_text(str(proc.pid))
-        cs.rmdir()
+
+
+def test_cpu_taken_out_of_service_gives_einval_counted_not_raised(scoped):
+    """CPU 1 leaves the task's cpuset between the actuator's look and its change (here: within the
+    1 s the effective CPUs are cached): the kernel refuses with EINVAL, counted, nothing raised."""
+    act, proc, _ = scoped
+    with v1_cpuset("lbagent-t-offline", "0-1", proc.pid) as cs:
+        assert act.place_many([(proc.pid, CPU0)]) == ["placed"]
+        (cs / "cpuset.cpus").write_text("0")  # CPU 1 out of service for this task
+        assert act.place_many([(proc.pid, CPU1)]) == ["error:EINVAL"]
+        assert act.errors["EINVAL"] == 4 and set(masks(proc.pid).values()) == {CPU0}  # one per thread
+        assert act.restore_all() == {"restored": 1}  # the original (all CPUs), clipped by the kernel
+        assert set(masks(proc.pid).values()) == {CPU0}
+        (cs / "cpuset.cpus").write_text("0-1")  # CPU 1 back in service: the original returns whole
+        assert set(masks(proc.pid).values()) == {ALL}
+
+
+def test_cpu_leaving_the_cpuset_after_placement_is_still_restored(scoped):
+    """Placed on CPU 1, then CPU 1 leaves the task's cpuset: the kernel narrows the mask to what is
+    left (our mask, clipped, not someone else's). Restore must still undo it, so that when CPU 1
+    returns the kernel does not bring our pin back with it (it keeps the requested mask, 6.2+)."""
+    act, proc, _ = scoped
+    with v1_cpuset("lbagent-t-shrink", "0-1", proc.pid) as cs:
+        assert act.place_many([(proc.pid, CPU1)]) == ["placed"]
+        (cs / "cpuset.cpus").write_text("0")
+        assert set(masks(proc.pid).values()) == {CPU0}
+        assert act.restore_all() == {"restored": 1} and act.refusals["changed_elsewhere"] == 0
+        (cs / "cpuset.cpus").write_text("0-1")
+        assert set(masks(proc.pid).values()) == {ALL}
 
 
 def test_reused_pid_is_never_touched(scoped):

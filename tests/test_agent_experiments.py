@@ -72,7 +72,7 @@ def test_forgetting_names_an_unknown_scenario(tiny_suite, tmp_path):
 def test_forgetting_trains_on_a_then_b_and_scores_a_twice(tiny_suite, tmp_path, algo):
     result = experiments.forgetting(algo, "smoke", tiny_suite, "surge", "calm", 96, 0, tmp_path / algo, episodes=2,
                                     overrides={"prefill": 32, "seq_len": 8, "batch": 4, "deter": 16, "units": 16,
-                                               "stoch": 4, "classes": 4, "actor_hidden": 8})
+                                               "stoch": 4, "classes": 4, "actor_hidden": 8, "train_ratio": 8.0})
     assert result["updates"] >= 4
     assert result["a_mean_jct_after_a"] > 0 and result["a_mean_jct_after_b"] > 0
     assert result["forgetting"] == pytest.approx(result["a_mean_jct_after_b"] / result["a_mean_jct_after_a"] - 1)

@@ -41,17 +41,30 @@ def test_a_resumed_run_equals_the_uninterrupted_run(tmp_path):
                            whole.agent.state_dict()["wm.encoder.hidden.0.weight"])
 
 
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    path, final = train_dreamer("smoke", 0, out, resume=False, progress=False)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return path, final, records
+
+
 @pytest.mark.slow
-def test_smoke_preset_learns_and_beats_random_on_held_out_seeds(tmp_path):
-    path, final = train_dreamer("smoke", 0, tmp_path, resume=False, progress=False)
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+def test_smoke_preset_world_model_loss_falls_and_a_policy_file_is_written(smoke_run):
+    path, final, records = smoke_run
     losses = [r["model_loss"] for r in records if r["kind"] == "train"]
     assert len(losses) >= 4
     assert np.mean(losses[-2:]) < 0.7 * np.mean(losses[:2])
-    assert final["mean_jct"] < final["random_mean_jct"]
     policy = load_policy(path)
     assert policy.metadata["preset"] == "smoke" and policy.metadata["evaluation"]["mean_jct"] == final["mean_jct"]
     assert policy.metadata["command"].startswith("lbagent")
+    assert policy.greedy == final["greedy"]
+
+
+@pytest.mark.slow
+def test_smoke_preset_beats_random_on_held_out_seeds(smoke_run):
+    _, final, _ = smoke_run
+    assert final["mean_jct"] < final["random_mean_jct"]
 
 
 def test_a2c_export_reproduces_the_sb3_policy_and_its_action_remap(tmp_path):

@@ -194,6 +194,38 @@ def test_kill_9_then_restart_restores_from_the_state_file(scope):
 
 
 @pytest.mark.kernel
+def test_kill_9_at_random_moments_under_arrivals_leaves_no_mask_behind(scope):
+    """Three SIGKILLs at seeded random moments while tasks keep arriving, a restart after each, then
+    SIGTERM: not one task keeps a mask the daemon set."""
+    path, directory, tmp = scope
+    config = demo_config(path, tmp / "state.json")
+    rng = np.random.default_rng(5)
+    fd = os.open(directory / "cgroup.procs", os.O_WRONLY)
+    procs: list[subprocess.Popen] = []
+
+    def arrive(n: int) -> None:
+        for _ in range(n):
+            procs.append(subprocess.Popen(["sleep", "60"], preexec_fn=lambda: os.write(fd, b"0"), pass_fds=(fd,)))
+            time.sleep(rng.uniform(0.0, 0.02))
+
+    try:
+        d = DaemonProcess(config, "round_robin", tmp)
+        for _ in range(3):
+            arrive(int(rng.integers(5, 15)))
+            d.stop(signal.SIGKILL)
+            arrive(3)  # arrivals while no daemon runs: never decided, never touched
+            d = DaemonProcess(config, "round_robin", tmp)
+        arrive(5)
+        wait_for(lambda: all(pinned(p.pid) for p in procs[-5:]), what="placements after the last restart")
+        assert d.stop() == 0
+        assert [p.pid for p in procs if not free(p.pid)] == []
+    finally:
+        os.close(fd)
+        for p in procs:
+            stop(p)
+
+
+@pytest.mark.kernel
 def test_corrupt_state_file_is_refused_and_a_safe_scan_frees_tasks(scope):
     path, directory, tmp = scope
     (tmp / "state.json").write_text('{"format": "lbagent-state", "version": 1, "placem')
@@ -318,3 +350,19 @@ def test_works_with_only_the_units_capabilities_and_memory_deny_write_execute(sc
         wait_for(lambda: all(pinned(p.pid) for p in procs), what="placements under the unit's restrictions")
         assert d.stop() == 0
         assert all(free(p.pid) for p in procs)
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_demo_runs_the_same_workload_under_three_policies(tmp_path):
+    from lbagent import demo
+
+    learned = tmp_path / "kernel.policy"
+    write_policy(learned, favourite=spaces.KERNEL)
+    rows = demo.main(seconds=1.5, seed=11, heuristic="round_robin", learned=str(learned),
+                     json_path=str(tmp_path / "demo.json"))
+    assert [r.name for r in rows] == ["kernel alone", "heuristic (round_robin)", f"learned ({learned})"]
+    assert len({r.tasks for r in rows}) == 1 and rows[0].tasks > 0
+    assert all(0 < r.mean <= r.p99 for r in rows)
+    assert json.loads((tmp_path / "demo.json").read_text())[1]["name"] == "heuristic (round_robin)"
+    assert not (cgroups.unified_root() / demo.DEMO_CGROUP).exists()

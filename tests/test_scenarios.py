@@ -168,3 +168,9 @@ def test_park_scenario_speaks_the_contract_without_kernel():
     env = make_vector_env(load_suite("park").scenarios[0], 2, 0)
     _, info = env.reset(seed=0)
     assert not info["action_mask"][:, spaces.KERNEL].any()
+
+
+def test_a_suite_name_is_not_shadowed_by_a_directory_of_that_name(tmp_path, monkeypatch):
+    (tmp_path / "park").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_suite("park").name == "park"

@@ -10,15 +10,16 @@ import pytest
 from lbagent.state import Placement, StateFile, StateFileError
 
 
-def _state(tmp_path) -> StateFile:
-    s = StateFile(tmp_path / "run" / "state.json")
+def _state(tmp_path, directory: str = "run") -> StateFile:
+    s = StateFile(tmp_path / directory / "state.json")
     s.placements[4242] = Placement(4242, 777, "burn", "affinity", (1,), {4242: (0, 1), 4243: (0, 1)})
     s.placements[4300] = Placement(4300, 778, "burn", "cpuset", (0,), {4300: (0, 1)}, "/work")
     return s
 
 
-def test_round_trip_private_and_atomic(tmp_path):
-    s = _state(tmp_path)
+@pytest.mark.parametrize("directory", ["run", "odd dir ÿ 'quote\" \\back\nline"])
+def test_round_trip_private_and_atomic(tmp_path, directory):
+    s = _state(tmp_path, directory)
     s.save()
     assert stat.S_IMODE(s.path.stat().st_mode) == 0o600
     assert stat.S_IMODE(s.path.parent.stat().st_mode) == 0o700

@@ -29,6 +29,7 @@ from lbagent.agent.config import DreamerConfig
 from lbagent.agent.dreamer import DreamerAgent
 from lbagent.agent.replay import SequenceReplay
 from lbagent.agent.teacher import Teacher, bc_weight, teacher_rows
+from lbagent.blas import limit_blas_threads
 from lbagent.policy.numpy_actor import DreamerActor
 
 EVAL_SEED = 900_000
@@ -66,8 +67,8 @@ PRESETS: dict[str, Preset] = {
         "smoke", "train", "train",
         DreamerConfig(
             deter=64, stoch=8, classes=8, units=64, actor_hidden=64, batch=8, seq_len=32, num_envs=8,
-            model_lr=1e-3, actor_lr=3e-4, critic_lr=3e-4, prefill=600, train_ratio=64.0, greedy_eval=True,
-            env_steps=2_600, wall_minutes=15.0, eval_every=1_300, eval_episodes=4, checkpoint_every=1_300,
+            model_lr=1e-3, actor_lr=3e-5, critic_lr=3e-5, prefill=600, train_ratio=64.0, greedy_eval=True,
+            env_steps=2_600, wall_minutes=15.0, eval_every=1_300, eval_episodes=16, checkpoint_every=1_300,
             replay_capacity=20_000,
         ),
         "about 500 updates: under two minutes on a quiet host (the limit is env steps, so the result "
@@ -143,6 +144,7 @@ class DreamerTrainer:
         self.seed = seed
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
+        limit_blas_threads(1)
         torch.set_num_threads(self.cfg.threads)
         torch.manual_seed(seed)
         self.agent = DreamerAgent(self.cfg)
@@ -293,6 +295,7 @@ class DreamerTrainer:
             cfg = replace(cfg, env_steps=env_steps)
         self = cls.__new__(cls)
         self.preset, self.cfg, self.seed, self.out = preset, cfg, state["seed"], Path(out)
+        limit_blas_threads(1)
         torch.set_num_threads(cfg.threads)
         self.agent = DreamerAgent(cfg)
         self.agent.load_training_state(state["agent"])

@@ -23,6 +23,8 @@ POLICIES_DIR = Path(__file__).resolve().parent.parent / "policies"
 """Where shipped policies live: ``load_policy("default")`` reads ``POLICIES_DIR / "default.safetensors"``."""
 SUFFIX = ".safetensors"
 ALGORITHMS = ("dreamer", "a2c")
+MAX_POLICY_BYTES = 256 << 20
+"""A policy is a few MB of float32 weights; a bigger file is a wrong path, refused before it is read."""
 
 
 class PolicyFileError(UserError):
@@ -76,6 +78,9 @@ def read_policy_file(name_or_path: str | os.PathLike) -> tuple[dict[str, np.ndar
     from safetensors.numpy import load_file
 
     path = resolve_path(name_or_path)
+    size = path.stat().st_size
+    if size > MAX_POLICY_BYTES:
+        raise PolicyFileError(f"{path}: {size} bytes exceeds the {MAX_POLICY_BYTES}-byte limit for a policy file")
     try:
         from safetensors import safe_open
 
@@ -135,7 +140,7 @@ def load_policy(name_or_path: str | os.PathLike, greedy: bool | None = None, res
         policy.begin_trial(1, 0)
     except KeyError as exc:
         raise PolicyFileError(f"{path}: missing tensor or arch field {exc} for a {meta['algorithm']} policy") from None
-    except ValueError as exc:
-        raise PolicyFileError(f"{path}: tensor shapes do not fit the declared arch: {exc}") from None
+    except (ValueError, TypeError, IndexError) as exc:
+        raise PolicyFileError(f"{path}: tensors and arch do not fit a {meta['algorithm']} policy: {exc}") from None
     policy.metadata = meta
     return policy

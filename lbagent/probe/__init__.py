@@ -70,7 +70,7 @@ def bpf_unavailable_reason(obj_path: Path | None = None) -> str | None:
     return None
 
 
-def _open_bpf(scope: Scope, obj_path: Path | None) -> Probe:
+def _open_bpf(scope: Scope, obj_path: Path | None, ring_bytes: int | None) -> Probe:
     from lbagent.probe.bpf import BpfProbe
     from lbagent.probe.libbpf import LibbpfError
 
@@ -78,7 +78,7 @@ def _open_bpf(scope: Scope, obj_path: Path | None) -> Probe:
     if reason:
         raise ProbeUnavailable(f"bpf probe unavailable: {reason}")
     try:
-        return BpfProbe(scope, obj_path)
+        return BpfProbe(scope, obj_path, **({"ring_bytes": ring_bytes} if ring_bytes else {}))
     except LibbpfError as exc:
         raise ProbeUnavailable(f"bpf probe unavailable: load failed: {exc}") from None
 
@@ -94,17 +94,21 @@ def _open_procfs(scope: Scope) -> Probe:
         raise ProbeUnavailable(f"procfs probe unavailable: proc connector: {exc.strerror or exc}") from None
 
 
-def open_probe(kind: str = "auto", scope: Scope | None = None, obj_path: Path | None = None) -> Probe:
-    """Open a probe. ``auto`` tries CO-RE first and falls back to procfs, logging which and why."""
+def open_probe(
+    kind: str = "auto", scope: Scope | None = None, obj_path: Path | None = None, ring_bytes: int | None = None
+) -> Probe:
+    """Open a probe. ``auto`` tries CO-RE first and falls back to procfs, logging which and why.
+
+    ``ring_bytes`` sizes the BPF probe's event ring (a power of two, at least a page)."""
     scope = scope or Scope()
     if kind == "bpf":
-        return _open_bpf(scope, obj_path)
+        return _open_bpf(scope, obj_path, ring_bytes)
     if kind == "procfs":
         return _open_procfs(scope)
     if kind != "auto":
         raise ValueError(f"unknown probe kind {kind!r} (one of {', '.join(PROBE_KINDS)})")
     try:
-        probe = _open_bpf(scope, obj_path)
+        probe = _open_bpf(scope, obj_path, ring_bytes)
     except ProbeUnavailable as exc:
         log.warning("%s; falling back to the procfs probe", exc)
         return _open_procfs(scope)

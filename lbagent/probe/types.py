@@ -11,9 +11,12 @@ class EventKind(str, Enum):
     EXIT = "exit"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskEvent:
     """A managed task arriving (fork/exec in scope) or exiting.
+
+    Slotted: a fork storm can hand the daemon tens of thousands at once, and a per-object ``__dict__``
+    would triple the memory of that backlog (the daemon's RSS high-water mark).
 
     Timestamps are CLOCK_MONOTONIC nanoseconds (what ``bpf_ktime_get_ns`` returns), so a
     latency can be measured from the kernel's own moment of arrival.
