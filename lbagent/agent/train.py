@@ -14,7 +14,6 @@ daemon, are safetensors and never pickles.
 from __future__ import annotations
 
 import json
-import math
 import shlex
 import sys
 import time
@@ -101,17 +100,10 @@ def make_suite_env(suite_name: str, num_envs: int, seed: int):
 def evaluate_actor(policy, suite_name: str, episodes: int, seed: int = EVAL_SEED, scenarios=None) -> dict:
     """Mean job completion time of a policy on held-out seeds: every scenario of the suite (or the
     given ones), one trial per row, the same episodes for every policy (the ``lbagent eval`` protocol)."""
-    from lbagent.evaluate import run_trials, summarize
-    from lbagent.sim.scenarios import load_suite, make_vector_env
+    from lbagent.evaluate import run_suite, summarize
+    from lbagent.sim.scenarios import load_suite
 
-    suite = load_suite(suite_name)
-    trials = math.ceil(episodes / suite.episodes_per_trial)
-    per_env = min(episodes, suite.episodes_per_trial)
-    per_scenario = {}
-    for j, scenario in enumerate(scenarios or suite.scenarios):
-        stats = run_trials(policy, lambda b, s, sc=scenario: make_vector_env(sc, num_envs=b, seed=s),
-                           trials, per_env, seed + 1000 * j)
-        per_scenario[scenario.name] = [ep for row in stats for ep in row][:episodes]
+    per_scenario = run_suite(policy, load_suite(suite_name), episodes, seed, scenarios)
     result = summarize(policy.name, per_scenario)
     return {"mean_jct": result.mean_jct, "p99_jct": result.p99_jct, "per_scenario": result.per_scenario}
 
