@@ -92,6 +92,10 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+class CpusetV2Unavailable(RuntimeError):
+    """This host cannot lend its cpuset controller to cgroup v2 (the v1 mount has been put back)."""
+
+
 @contextmanager
 def cpuset_controller_on_v2():
     """Move the cpuset controller from its v1 mount to cgroup v2 for the duration, then give it back.
@@ -109,10 +113,11 @@ def cpuset_controller_on_v2():
     try:
         deadline = time.monotonic() + 3
         while not cgroups.v2_has_cpuset(root):
-            assert time.monotonic() < deadline, (
-                "the kernel did not hand the cpuset controller to cgroup v2 after the v1 unmount: the v1 "
-                "hierarchy is still referenced (a child cgroup, an open file or another mount namespace)"
-            )
+            if time.monotonic() > deadline:
+                raise CpusetV2Unavailable(
+                    "the kernel did not hand the cpuset controller to cgroup v2 after the v1 unmount: the v1 "
+                    "hierarchy is still referenced (a child cgroup, an open file or another mount namespace)"
+                )
             time.sleep(0.05)
         yield
     finally:

@@ -198,18 +198,3 @@ def test_cpuset_mode_v1(scoped):
     cs = Actuator("cpuset", act.scope, act.state, cgroup_name=f"lbagent-t-{os.getpid()}")
     assert cs.cpusets.version == 1
     _cpuset_place_and_restore(cs, proc)
-
-
-def test_cpuset_mode_v2(scoped, cpuset_on_v2):
-    act, proc, _ = scoped
-    cs = Actuator("cpuset", act.scope, act.state, cgroup_name=f"lbagent-t-{os.getpid()}")
-    assert cs.cpusets.version == 2 and cs.cpusets.root == cgroups.unified_root()
-    _cpuset_place_and_restore(cs, proc)
-
-
-@pytest.fixture
-def cpuset_on_v2():
-    from livehost import cpuset_controller_on_v2
-
-    with cpuset_controller_on_v2():
-        yield
