@@ -128,8 +128,6 @@ def eval_cmd(suite: str, policies: str, episodes: int, seed: int, json_path: str
     Example:
       lbagent eval --suite park --policies lwl,sed,random --episodes 8 --seed 1000 --json park.json
     """
-    from pathlib import Path
-
     from rich.console import Console
     from rich.progress import Progress
 
@@ -144,10 +142,21 @@ def eval_cmd(suite: str, policies: str, episodes: int, seed: int, json_path: str
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"eval {loaded.name}", total=runs * episodes * len(loaded.scenarios))
         report = evaluate.evaluate(loaded, specs, episodes, seed, lambda n: progress.advance(task, n))
-    Console().print(evaluate.render_table(report))
+    _show_report(report, json_path, plot_path)
+
+
+def _show_report(report, json_path: str | None, plot_path: str | None = None, title: str | None = None) -> None:
+    """What ``eval`` and ``replay`` print and write: the table, why a policy has no figures, JSON, PNG."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from lbagent import evaluate
+
+    Console().print(evaluate.render_table(report, title))
     for r in report.results:
         if r.note:
-            console.print(f"{r.policy}: {r.note}")
+            Console(stderr=True).print(f"{r.policy}: {r.note}")
     if json_path:
         evaluate.write_json(report, Path(json_path))
     if plot_path:
@@ -226,22 +235,15 @@ def replay_cmd(trace_path: str, policies: str, episodes: int, seed: int, json_pa
 
     from rich.console import Console
 
-    from lbagent import evaluate
     from lbagent.replay import replay, replay_jobs
     from lbagent.trace import read_trace
 
     jobs = replay_jobs(read_trace(trace_path), trace_path)
     title = f"replay {Path(trace_path).name}: {jobs.work.size} tasks on {len(jobs.capacities)} CPUs, {episodes} episodes"
     report = replay(jobs, _csv(policies), episodes, seed, title)
-    Console().print(evaluate.render_table(report, title))
-    console = Console(stderr=True)
+    _show_report(report, json_path, title=title)
     if jobs.unfinished or jobs.unsized:
-        console.print(f"left out: {jobs.unfinished} tasks without an exit, {jobs.unsized} without a CPU time")
-    for r in report.results:
-        if r.note:
-            console.print(f"{r.policy}: {r.note}")
-    if json_path:
-        evaluate.write_json(report, Path(json_path))
+        Console(stderr=True).print(f"left out: {jobs.unfinished} tasks without an exit, {jobs.unsized} without a CPU time")
 
 
 @main.command("run")
