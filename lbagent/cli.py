@@ -358,9 +358,11 @@ def demo_cmd(seconds: float, seed: int, heuristic: str, learned: str, json_path:
 @click.option("--env-steps", type=click.IntRange(1), default=None, help="Override the preset's env-step limit.")
 @click.option("--match-run", type=click.Path(exists=True, file_okay=False), default=None,
               help="A2C only: train for as many env steps as the dreamer run in this directory did.")
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
+              help="Dreamer only: change one field of the preset's config (repeatable), e.g. --set bc_floor=0.3.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs still go to metrics.jsonl).")
 def sim_train(algo: str, preset: str, seed: int, out: str | None, resume: bool, env_steps: int | None,
-              match_run: str | None, no_progress: bool) -> None:
+              match_run: str | None, overrides: tuple[str, ...], no_progress: bool) -> None:
     """Train a policy in the simulator and write OUT/policy.safetensors.
 
     \b
@@ -379,8 +381,11 @@ def sim_train(algo: str, preset: str, seed: int, out: str | None, resume: bool, 
             raise click.UsageError("--match-run is for --algo a2c")
         from lbagent.agent.train import train_dreamer
 
-        path, final = train_dreamer(preset, seed, run_dir, resume, progress=not no_progress, env_steps=env_steps)
+        path, final = train_dreamer(preset, seed, run_dir, resume, progress=not no_progress, env_steps=env_steps,
+                                    overrides=overrides)
     else:
+        if overrides:
+            raise click.UsageError("--set is for --algo dreamer (A2C keeps stable-baselines3's defaults)")
         from lbagent.agent.a2c import steps_of_run, train_a2c
 
         steps = env_steps or (steps_of_run(Path(match_run)) if match_run else None)

@@ -104,3 +104,28 @@ def test_sim_train_refuses_to_clobber_a_run_or_resume_nothing(tmp_path):
     assert (tmp_path / "checkpoint.pt").read_bytes() == b"x"
     result = runner.invoke(main, ["sim-train", "--match-run", str(tmp_path), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "--match-run is for --algo a2c" in result.output
+
+
+def test_set_overrides_parse_each_field_as_its_type_and_name_what_is_wrong():
+    cfg = PRESETS["park"].config.with_overrides(["bc_floor=0.3", "eval_every=100_000", "bc_into_model=false",
+                                                  "teacher=sed"])
+    assert (cfg.bc_floor, cfg.eval_every, cfg.bc_into_model, cfg.teacher) == (0.3, 100_000, False, "sed")
+    assert PRESETS["park"].config.bc_floor == 0.05  # the preset itself is untouched
+    for bad, why in (("bc_flor=1", "FIELD one of"), ("bc_floor=lots", "expected a number"),
+                     ("ship_best=maybe", "expected true or false"), ("eval_every=1.5", "expected an integer")):
+        with pytest.raises(ValueError, match=why):
+            PRESETS["park"].config.with_overrides([bad])
+
+
+def test_sim_train_set_errors_exit_2_before_a_run_starts(tmp_path):
+    from click.testing import CliRunner
+
+    from lbagent.cli import main
+
+    runner = CliRunner()
+    out = tmp_path / "run"
+    result = runner.invoke(main, ["sim-train", "--preset", "smoke", "--out", str(out), "--set", "bc_floor=x"])
+    assert result.exit_code == 2 and "--set 'bc_floor=x': expected a number" in result.output
+    assert not out.exists()
+    result = runner.invoke(main, ["sim-train", "--algo", "a2c", "--out", str(out), "--set", "bc_floor=1"])
+    assert result.exit_code == 2 and "--set is for --algo dreamer" in result.output

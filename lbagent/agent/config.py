@@ -7,7 +7,8 @@ batch, sequence length, train ratio). Presets in :mod:`lbagent.agent.train` over
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Sequence
 
 
 @dataclass
@@ -144,6 +145,22 @@ class DreamerConfig:
             raise ValueError(f"unknown DreamerConfig fields: {unknown}")
         return cls(**data)
 
+    def with_overrides(self, assignments: Sequence[str]) -> "DreamerConfig":
+        """A copy with ``FIELD=VALUE`` assignments applied, each value parsed as its field's type.
+
+        So a variant of a preset is one command line (recorded in the run's metadata) rather than
+        an edited source file; a wrong name or value names the assignment and what was expected.
+        """
+        kinds = {f.name: type(getattr(self, f.name)) for f in fields(self)}
+        changes: dict[str, object] = {}
+        for item in assignments:
+            name, sep, text = item.partition("=")
+            name = name.strip()
+            if not sep or name not in kinds:
+                raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(kinds))}")
+            changes[name] = _parse(kinds[name], text.strip(), item)
+        return replace(self, **changes)
+
     @property
     def stoch_dim(self) -> int:
         return self.stoch * self.classes
@@ -157,3 +174,17 @@ class DreamerConfig:
     def update_every(self) -> int:
         """Environment steps between two gradient updates, from the train ratio."""
         return max(1, round(self.batch * self.seq_len / self.train_ratio))
+
+
+def _parse(kind: type, text: str, item: str) -> object:
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"--set {item!r}: expected true or false")
+        return text.lower() in ("true", "1")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"--set {item!r}: expected {_KIND_NAMES.get(kind, kind.__name__)}") from None
+
+
+_KIND_NAMES = {int: "an integer", float: "a number"}

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ class Preset:
 _HOUR = DreamerConfig(
     stoch=16, classes=16, model_lr=5e-4, actor_lr=3e-4, critic_lr=3e-4, train_ratio=16.0, greedy_eval=True,
     imag_starts=128,
-    env_steps=400_000, wall_minutes=57.0, eval_every=50_000, checkpoint_every=25_000,
+    env_steps=400_000, wall_minutes=57.0, eval_every=12_500, eval_episodes=16, checkpoint_every=25_000,
     teacher="kernel,sed", bc_into_model=True, ship_best=True,
 )
 """The one-hour runs (host, park): sizes as in the docstring of DreamerConfig, a 16x16 latent so the
@@ -353,8 +353,9 @@ def current_command() -> str:
 
 
 def train_dreamer(preset_name: str, seed: int, out: Path, resume: bool, progress: bool = True,
-                  env_steps: int | None = None) -> tuple[Path, dict]:
-    """Run (or resume) a preset; returns the policy file and its final held-out evaluation."""
+                  env_steps: int | None = None, overrides: Sequence[str] = ()) -> tuple[Path, dict]:
+    """Run (or resume) a preset, its config changed by ``FIELD=VALUE`` overrides (a new run only);
+    returns the policy file and its final held-out evaluation."""
     from lbagent.errors import UserError
 
     preset = PRESETS[preset_name]
@@ -364,10 +365,16 @@ def train_dreamer(preset_name: str, seed: int, out: Path, resume: bool, progress
         raise UserError(f"{out}/checkpoint.pt: no checkpoint to resume")
     if has_checkpoint and not resume:
         raise UserError(f"{out} already holds a run (checkpoint.pt): pass --resume to continue it, or another --out")
+    if resume and overrides:
+        raise UserError("--set changes a new run's config; a resumed run keeps the config it started with")
     if resume:
         trainer = DreamerTrainer.restore(out, env_steps)
     else:
-        cfg = preset.config if env_steps is None else replace(preset.config, env_steps=env_steps)
+        try:
+            cfg = preset.config.with_overrides(overrides)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        cfg = cfg if env_steps is None else replace(cfg, env_steps=env_steps)
         trainer = DreamerTrainer(preset, seed, out, cfg)
     log = MetricsLog(out)
     log({"kind": "start", "preset": preset.name, "seed": trainer.seed, "command": current_command(),
