@@ -502,7 +502,7 @@ def _report(figures: dict, title: str, as_json: bool) -> None:
 
 @main.group("experiment")
 def experiment() -> None:
-    """The adaptation-curve and forgetting experiments (table, JSON, PNG)."""
+    """The adaptation-curve, forgetting and headroom experiments (table, JSON, PNG)."""
 
 
 @experiment.command("adaptation")
@@ -534,6 +534,31 @@ def experiment_adaptation(policies: str, suite: str, trials: int, seed: int, jso
         experiments.write_json(result, Path(json_path))
     if plot_path:
         experiments.plot_adaptation(result, Path(plot_path))
+
+
+@experiment.command("headroom")
+@click.option("--suite", default="shift", show_default=True, help="A host suite name or a scenario .toml file.")
+@click.option("--episodes", default=8, show_default=True, type=click.IntRange(1), help="Episodes per scenario.")
+@click.option("--seed", default=1000, show_default=True, type=int, help="Base seed (the eval protocol's).")
+@click.option("--hints", is_flag=True, help="Slot actions start the task there but leave it movable (not the contract's pin).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the results as JSON.")
+def experiment_headroom(suite: str, episodes: int, seed: int, hints: bool, json_path: str | None) -> None:
+    """Informed and oracle placement rules next to every heuristic: how far below the best heuristic
+    can any placement go on this suite?
+
+    \b
+    Example:
+      lbagent experiment headroom --suite shift --episodes 8 --seed 1000
+    """
+    from lbagent.headroom import headroom
+    from lbagent.sim.scenarios import load_suite
+
+    loaded = load_suite(suite)
+    if any(sc.dynamics != "host" for sc in loaded.scenarios):
+        raise click.UsageError(f"suite {loaded.name!r}: the headroom rules need host dynamics (a kernel balancer)")
+    mode = "slot actions are movable hints" if hints else "slot actions pin"
+    _show_report(headroom(loaded, episodes, seed, hints), json_path,
+                 title=f"headroom on {loaded.name}: {episodes} episodes per scenario, seed {seed}, {mode}")
 
 
 @experiment.command("forgetting")

@@ -106,7 +106,7 @@ def summarize(name: str, per_scenario: dict[str, list[EpisodeStats]]) -> PolicyR
 
 
 def run_suite(policy, suite, episodes: int, seed: int, scenarios=None,
-              on_episode: ProgressHook | None = None) -> dict[str, list[EpisodeStats]]:
+              on_episode: ProgressHook | None = None, pin_placements: bool = True) -> dict[str, list[EpisodeStats]]:
     """The first ``episodes`` episodes of every scenario (trial-major), seeded ``seed + 1000 j``
     for scenario ``j``: the protocol both ``lbagent eval`` and training's held-out checks use."""
     from lbagent.sim.scenarios import make_vector_env
@@ -117,7 +117,7 @@ def run_suite(policy, suite, episodes: int, seed: int, scenarios=None,
     for j, scenario in enumerate(scenarios or suite.scenarios):
         stats = run_trials(
             policy,
-            lambda b, s, sc=scenario: make_vector_env(sc, num_envs=b, seed=s),
+            lambda b, s, sc=scenario: make_vector_env(sc, num_envs=b, seed=s, pin_placements=pin_placements),
             trials,
             per_env,
             seed + 1000 * j,

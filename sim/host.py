@@ -33,7 +33,8 @@ sum over the CPU's tasks of max(predicted work - service received, 0); ``task_wo
 predicted work of the arriving task (true work with log-normal error, or the mean work as a prior
 with ``task_unknown`` set). The env's ``time_unit`` is its workload's mean task work in seconds,
 so work and time features are O(1) whatever the scenario's scale. ``info["raw"].extras`` carries
-the arriving task's true work and the env's clock (for tests and replay reports, never the policy).
+the arriving task's true work, the env's clock and the exact per-task state (for tests, replay
+reports and the headroom experiment's oracle rules, never the policy).
 
 An episode is a fixed number of tasks (decisions); the last step's reward includes the drain of
 every remaining task, so an episode's rewards sum to minus the total sojourn time in time units.
@@ -108,6 +109,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         episodes_per_trial: int = 1,
         shift: Shift | None = None,
         trace: Trace | None = None,
+        pin_placements: bool = True,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
@@ -120,6 +122,10 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.episodes_per_trial = episodes_per_trial
         self.shift = shift
         self.trace = trace
+        self.pin_placements = pin_placements
+        """False: a task placed on a slot starts there but stays movable by the balancer (a hint, as
+        if its affinity were widened right after the move). Not the contract's meaning of a slot
+        action; ``lbagent experiment headroom --hints`` uses it to ask whether such an action would pay."""
         self.width = self.space.max_cpus
         if not 1 <= self.width <= spaces.MAX_SLOTS:
             raise ValueError(f"host dynamics need 1 to {spaces.MAX_SLOTS} CPUs, got {self.width}")
@@ -386,11 +392,12 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.t_tag[rows, free] = tag
         self.t_work[rows, free] = self.pend_work
         self.t_pred[rows, free] = self.pend_pred
-        self.t_pinned[rows, free] = ~kernel
+        movable = kernel | (not self.pin_placements)
+        self.t_pinned[rows, free] = ~movable
         self.t_id[rows, free] = self.k
         self.t_arr[rows, free] = self.now
         self.n[rows, cpu] += 1
-        self.nu[rows, cpu] += kernel
+        self.nu[rows, cpu] += movable
         self._note_tag(rows, cpu, tag, free)
         self.placed[rows, cpu] += 1.0
         self.ep_arrival[rows, self.k] = self.now
@@ -570,6 +577,19 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         est = np.maximum(self.t_pred[b, j] - received, 0.0)
         return np.bincount(b * C + cpu, weights=est, minlength=B * C).reshape(B, C)
 
+    def _exact_state(self) -> dict[str, np.ndarray]:
+        """What an oracle would know and a host cannot: each task's CPU (-1: no task in that table
+        column) and exact remaining work, and every CPU's capacity net of its neighbour."""
+        used = slice(0, self.hi)
+        active = self.t_active[:, used]
+        cpu = self.t_cpu[:, used]
+        remaining = self.t_tag[:, used] - np.take_along_axis(self.V, cpu, axis=1)
+        return {
+            "task_cpu": np.where(active, cpu, -1),
+            "task_remaining": np.where(active, remaining, 0.0),
+            "capacity_now": self.capeff.copy(),
+        }
+
     def _observe(self, trial_start: np.ndarray, episode_start: np.ndarray):
         B, C = self.num_envs, self.width
 
@@ -591,7 +611,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
             since_last=self.now - self.last,
             time_unit=self.w.mean_work.copy(),
             kernel_allowed=np.ones(B, dtype=bool),
-            extras={"true_work": self.pend_work.copy(), "time": self.now.copy()},
+            extras={"true_work": self.pend_work.copy(), "time": self.now.copy(), **self._exact_state()},
         )
         self.last = self.now.copy()
         self._raw = raw

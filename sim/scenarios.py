@@ -288,8 +288,11 @@ def _known_keys(table: Mapping, allowed: set[str], prefix: str, fail) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def make_vector_env(scenario: Scenario, num_envs: int, seed: int):
-    """The contract-speaking vector env of a scenario, running its trials of ``episodes_per_trial``."""
+def make_vector_env(scenario: Scenario, num_envs: int, seed: int, pin_placements: bool = True):
+    """The contract-speaking vector env of a scenario, running its trials of ``episodes_per_trial``.
+
+    ``pin_placements=False`` (host dynamics; Park has no balancer, so it changes nothing there) makes
+    slot actions movable hints instead of pins: see :class:`lbagent.sim.host.HostVectorEnv`."""
     if scenario.dynamics == "park":
         try:
             from lbagent.sim.park import ParkContractVectorEnv
@@ -309,4 +312,5 @@ def make_vector_env(scenario: Scenario, num_envs: int, seed: int):
         space=scenario.space,
         episodes_per_trial=scenario.episodes_per_trial,
         shift=scenario.shift,
+        pin_placements=pin_placements,
     )
