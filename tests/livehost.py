@@ -109,7 +109,13 @@ def cpuset_controller_on_v2():
         assert cgroups.v2_has_cpuset(root), "no cpuset controller anywhere"
         yield
         return
-    _retry(lambda: subprocess.run(["umount", str(v1)], check=True, capture_output=True), 5)
+    try:
+        _retry(lambda: subprocess.run(["umount", str(v1)], check=True, capture_output=True), 5)
+    except subprocess.CalledProcessError as exc:
+        raise CpusetV2Unavailable(
+            f"cannot unmount the v1 cpuset hierarchy at {v1} to free the controller for cgroup v2: "
+            f"{exc.stderr.decode(errors='replace').strip() or f'umount exit status {exc.returncode}'}"
+        ) from None
     try:
         deadline = time.monotonic() + 3
         while not cgroups.v2_has_cpuset(root):
