@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -106,9 +106,11 @@ def summarize(name: str, per_scenario: dict[str, list[EpisodeStats]]) -> PolicyR
 
 
 def run_suite(policy, suite, episodes: int, seed: int, scenarios=None,
-              on_episode: ProgressHook | None = None, pin_placements: bool = True) -> dict[str, list[EpisodeStats]]:
+              on_episode: ProgressHook | None = None,
+              host_options: Mapping[str, object] | None = None) -> dict[str, list[EpisodeStats]]:
     """The first ``episodes`` episodes of every scenario (trial-major), seeded ``seed + 1000 j``
-    for scenario ``j``: the protocol both ``lbagent eval`` and training's held-out checks use."""
+    for scenario ``j``: the protocol both ``lbagent eval`` and training's held-out checks use.
+    ``host_options`` go to every env (see :func:`lbagent.sim.scenarios.make_vector_env`)."""
     from lbagent.sim.scenarios import make_vector_env
 
     trials = math.ceil(episodes / suite.episodes_per_trial)
@@ -117,7 +119,7 @@ def run_suite(policy, suite, episodes: int, seed: int, scenarios=None,
     for j, scenario in enumerate(scenarios or suite.scenarios):
         stats = run_trials(
             policy,
-            lambda b, s, sc=scenario: make_vector_env(sc, num_envs=b, seed=s, pin_placements=pin_placements),
+            lambda b, s, sc=scenario: make_vector_env(sc, num_envs=b, seed=s, host_options=host_options),
             trials,
             per_env,
             seed + 1000 * j,

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from lbagent.evaluate import EvalReport, add_ratios, evaluate_policy, run_suite, summarize
-from lbagent.policy.heuristics import HEURISTICS
+from lbagent.policy.heuristics import HEURISTICS, argmin_valid, earliest_finish, safe_capacity
 from lbagent.spaces import KERNEL, RawObservation
 
 BIG = 2.0
@@ -34,22 +34,10 @@ SITA_CPUS = 2
 """SITA's big-task pool: the slowest CPUs, this many."""
 
 
-def _capacity(raw: RawObservation) -> np.ndarray:
-    return np.where(raw.slot_mask, np.maximum(raw.capacity, 1e-12), 1.0)
-
-
-def _argmin(score: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    return np.argmin(np.where(allowed, score, np.inf), axis=1)
-
-
 def _kernel_slot(raw: RawObservation) -> np.ndarray:
     """The slot the kernel model would pick (fewest tasks per capacity, ties to the bigger CPU);
     the neighbour is not in ``runnable``, so this is the observation-only version of its choice."""
-    return _argmin(raw.runnable / _capacity(raw) - 1e-9 * raw.capacity, raw.slot_mask)
-
-
-def _expected_delay(raw: RawObservation) -> np.ndarray:
-    return (raw.work_left + raw.task_work[:, None]) / _capacity(raw)
+    return argmin_valid(raw.runnable / safe_capacity(raw) - 1e-9 * raw.capacity, raw.slot_mask)
 
 
 def _big(raw: RawObservation, factor: float) -> np.ndarray:
@@ -74,7 +62,7 @@ def _exact_marginal_cost(raw: RawObservation) -> np.ndarray:
     capacity = np.zeros(raw.slot_mask.shape)
     capacity[:, : raw.extras["capacity_now"].shape[1]] = raw.extras["capacity_now"]
     cost = (x[:, None] + shared) / np.maximum(capacity, 1e-12)
-    return _argmin(cost, raw.slot_mask & (capacity > 0))
+    return argmin_valid(cost, raw.slot_mask & (capacity > 0))
 
 
 def _defer_when_kernel_agrees(rule: Callable[[RawObservation], np.ndarray]) -> Callable[[RawObservation], np.ndarray]:
@@ -87,12 +75,12 @@ def _defer_when_kernel_agrees(rule: Callable[[RawObservation], np.ndarray]) -> C
 
 
 def _big_by_expected_delay(raw: RawObservation) -> np.ndarray:
-    return np.where(_big(raw, BIG), _argmin(_expected_delay(raw), raw.slot_mask), KERNEL)
+    return np.where(_big(raw, BIG), argmin_valid(earliest_finish(raw), raw.slot_mask), KERNEL)
 
 
 def _sita(raw: RawObservation) -> np.ndarray:
     pool = _slowest(raw, SITA_CPUS)
-    return np.where(_big(raw, SITA_BIG), _argmin(_expected_delay(raw), pool), KERNEL)
+    return np.where(_big(raw, SITA_BIG), argmin_valid(earliest_finish(raw), pool), KERNEL)
 
 
 @dataclass(frozen=True)
@@ -126,8 +114,9 @@ def headroom(suite, episodes: int, seed: int, hints: bool = False) -> EvalReport
     """Every rule and every heuristic on the same episodes; ratios to the best heuristic (whose
     slot actions are always pins, as the contract defines them)."""
     reference = [evaluate_policy(name, suite, episodes, seed) for name in HEURISTICS]
+    options = {"pin_placements": not hints, "exact_state": True}
     rules = [summarize(rule.name + (" [hint]" if hints else ""),
-                       run_suite(rule, suite, episodes, seed, pin_placements=not hints)) for rule in RULES]
+                       run_suite(rule, suite, episodes, seed, host_options=options)) for rule in RULES]
     results = rules + reference
     add_ratios(results, reference)
     return EvalReport(suite.name, episodes, seed, results)

@@ -33,8 +33,8 @@ sum over the CPU's tasks of max(predicted work - service received, 0); ``task_wo
 predicted work of the arriving task (true work with log-normal error, or the mean work as a prior
 with ``task_unknown`` set). The env's ``time_unit`` is its workload's mean task work in seconds,
 so work and time features are O(1) whatever the scenario's scale. ``info["raw"].extras`` carries
-the arriving task's true work, the env's clock and the exact per-task state (for tests, replay
-reports and the headroom experiment's oracle rules, never the policy).
+the arriving task's true work, the env's clock and, with ``exact_state``, the exact per-task state
+(for tests, replay reports and the headroom experiment's oracle rules, never the policy).
 
 An episode is a fixed number of tasks (decisions); the last step's reward includes the drain of
 every remaining task, so an episode's rewards sum to minus the total sojourn time in time units.
@@ -110,6 +110,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         shift: Shift | None = None,
         trace: Trace | None = None,
         pin_placements: bool = True,
+        exact_state: bool = False,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
@@ -126,6 +127,9 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         """False: a task placed on a slot starts there but stays movable by the balancer (a hint, as
         if its affinity were widened right after the move). Not the contract's meaning of a slot
         action; ``lbagent experiment headroom --hints`` uses it to ask whether such an action would pay."""
+        self.exact_state = exact_state
+        """True: observations also carry the exact per-task state in ``extras`` (for oracles; it
+        costs 3-5 % of the simulator's speed, so training and ``lbagent eval`` leave it off)."""
         self.width = self.space.max_cpus
         if not 1 <= self.width <= spaces.MAX_SLOTS:
             raise ValueError(f"host dynamics need 1 to {spaces.MAX_SLOTS} CPUs, got {self.width}")
@@ -611,7 +615,8 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
             since_last=self.now - self.last,
             time_unit=self.w.mean_work.copy(),
             kernel_allowed=np.ones(B, dtype=bool),
-            extras={"true_work": self.pend_work.copy(), "time": self.now.copy(), **self._exact_state()},
+            extras={"true_work": self.pend_work.copy(), "time": self.now.copy(),
+                    **(self._exact_state() if self.exact_state else {})},
         )
         self.last = self.now.copy()
         self._raw = raw

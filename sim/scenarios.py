@@ -288,12 +288,15 @@ def _known_keys(table: Mapping, allowed: set[str], prefix: str, fail) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def make_vector_env(scenario: Scenario, num_envs: int, seed: int, pin_placements: bool = True):
+def make_vector_env(scenario: Scenario, num_envs: int, seed: int, host_options: Mapping[str, Any] | None = None):
     """The contract-speaking vector env of a scenario, running its trials of ``episodes_per_trial``.
 
-    ``pin_placements=False`` (host dynamics; Park has no balancer, so it changes nothing there) makes
-    slot actions movable hints instead of pins: see :class:`lbagent.sim.host.HostVectorEnv`."""
+    ``host_options`` are extra :class:`lbagent.sim.host.HostVectorEnv` arguments for experiments
+    (``pin_placements``, ``exact_state``); a park scenario refuses them."""
     if scenario.dynamics == "park":
+        if host_options:
+            raise ScenarioError(f"{scenario.source}: scenario {scenario.name!r}: {sorted(host_options)} "
+                                f"apply to host dynamics only")
         try:
             from lbagent.sim.park import ParkContractVectorEnv
         except ImportError as exc:
@@ -312,5 +315,5 @@ def make_vector_env(scenario: Scenario, num_envs: int, seed: int, pin_placements
         space=scenario.space,
         episodes_per_trial=scenario.episodes_per_trial,
         shift=scenario.shift,
-        pin_placements=pin_placements,
+        **(host_options or {}),
     )

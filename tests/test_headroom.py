@@ -19,7 +19,7 @@ def _suite(cpus: int, **params):
 
 
 def test_exact_remaining_work_is_what_was_asked_minus_what_the_cpus_delivered():
-    env = make_vector_env(_suite(3, load=0.9).scenarios[0], num_envs=4, seed=7)
+    env = make_vector_env(_suite(3, load=0.9).scenarios[0], num_envs=4, seed=7, host_options={"exact_state": True})
     env.reset(seed=7)
     rng = np.random.default_rng(0)
     for _ in range(40):  # inside the first episode (64 tasks): nothing has been reset yet
@@ -30,6 +30,9 @@ def test_exact_remaining_work_is_what_was_asked_minus_what_the_cpus_delivered():
         assert np.allclose(asked - env.delivered, left, atol=1e-9)
         assert (raw.extras["task_remaining"] >= -1e-12).all()
     assert (raw.extras["task_cpu"] >= 0).any()
+    plain = make_vector_env(_suite(3, load=0.9).scenarios[0], num_envs=4, seed=7)
+    _, info = plain.reset(seed=7)
+    assert "task_remaining" not in info["raw"].extras  # training and eval do not pay for the oracle's state
 
 
 def test_oracle_marginal_cost_prefers_short_co_runners_to_fewer_long_ones():
@@ -52,7 +55,7 @@ def test_a_hint_lets_the_balancer_spread_what_a_pin_piles_up():
     suite = _suite(2, load=0.6, mean_work=0.05)
     always_slot_0 = Rule("slot 0", lambda raw: np.zeros(raw.batch, dtype=np.int64))
     pinned = summarize("pin", run_suite(always_slot_0, suite, 2, 5)).mean_jct
-    hinted = summarize("hint", run_suite(always_slot_0, suite, 2, 5, pin_placements=False)).mean_jct
+    hinted = summarize("hint", run_suite(always_slot_0, suite, 2, 5, host_options={"pin_placements": False})).mean_jct
     kernel = summarize("kernel", run_suite(Rule("k", lambda raw: np.full(raw.batch, spaces.KERNEL)), suite, 2, 5)).mean_jct
     assert hinted < 0.5 * pinned  # one CPU at load 1.2 piles up; the balancer spreads the hints
     assert abs(hinted - kernel) < 0.15 * kernel

@@ -29,8 +29,8 @@ BUSY = ["sh", "-c", "while :; do :; done"]
 # About 50-100 ms of CPU in a shell, no forks: the kernel's and the probe's accounting must agree.
 SHORT_WORK = ["sh", "-c", "i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done"]
 TIMED_WORK = ["sh", "-c", "i=0; while [ $i -lt 120000 ]; do i=$((i+1)); done"]
-"""Long enough (~150 ms) that a few ms of exit-path accounting on a loaded host stay far inside 10 %:
-with SHORT_WORK's ~35 ms, a 3.8 ms difference once failed the 10 % check."""
+"""Four times SHORT_WORK's loop, so a few ms of exit-path accounting stay far inside 10 %: one
+SHORT_WORK child took 34 ms of CPU on a loaded host, and a 3.8 ms difference failed the 10 % check."""
 
 
 @pytest.fixture(autouse=True)

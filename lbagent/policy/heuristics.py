@@ -17,11 +17,12 @@ from lbagent.spaces import KERNEL, RawObservation
 HEURISTICS: tuple[str, ...] = ("random", "round_robin", "jsq", "lwl", "sed", "po2", "kernel")
 
 
-def _argmin_valid(score: np.ndarray, slot_mask: np.ndarray) -> np.ndarray:
+def argmin_valid(score: np.ndarray, slot_mask: np.ndarray) -> np.ndarray:
+    """Per row, the allowed slot with the lowest score (ties to the lowest index)."""
     return np.argmin(np.where(slot_mask, score, np.inf), axis=1)
 
 
-def _safe_capacity(raw: RawObservation) -> np.ndarray:
+def safe_capacity(raw: RawObservation) -> np.ndarray:
     return np.where(raw.slot_mask, np.maximum(raw.capacity, 1e-12), 1.0)
 
 
@@ -35,9 +36,9 @@ def _least_work_left(raw: RawObservation) -> np.ndarray:
     return raw.work_left
 
 
-def _earliest_finish(raw: RawObservation) -> np.ndarray:
+def earliest_finish(raw: RawObservation) -> np.ndarray:
     """Shortest expected delay: when would this task finish if it queued behind the slot's work."""
-    return (np.maximum(raw.work_left, 0.0) + raw.task_work[:, None]) / _safe_capacity(raw)
+    return (np.maximum(raw.work_left, 0.0) + raw.task_work[:, None]) / safe_capacity(raw)
 
 
 class _Heuristic:
@@ -60,7 +61,7 @@ class _Stateless(_Heuristic):
         self._score = score
 
     def act(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
-        return _argmin_valid(self._score(raw), raw.slot_mask)
+        return argmin_valid(self._score(raw), raw.slot_mask)
 
 
 class _Seeded(_Heuristic):
@@ -144,7 +145,7 @@ def make_heuristic(name: str, seed: int = 0):
         "round_robin": RoundRobin,
         "jsq": lambda: _Stateless("jsq", _jsq_score),
         "lwl": lambda: _Stateless("lwl", _least_work_left),
-        "sed": lambda: _Stateless("sed", _earliest_finish),
+        "sed": lambda: _Stateless("sed", earliest_finish),
         "po2": lambda: PowerOfTwo(seed),
         "kernel": KernelDefault,
     }
