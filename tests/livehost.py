@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from lbagent import cgroups
+from lbagent.live import cgroups
 
 SLEEPER = "import threading, time\nfor _ in range({threads}): threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\ntime.sleep(60)\n"
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from lbagent import cgroups
-from lbagent.actuate import Actuator, read_task
-from lbagent.config import ScopeConfig
-from lbagent.state import StateFile
+from lbagent.live import cgroups
+from lbagent.live.actuate import Actuator, read_task
+from lbagent.live.config import ScopeConfig
+from lbagent.live.state import StateFile
 from livehost import masks, spawn_in, stop, v1_cpuset, v2_cgroup
 
 pytestmark = pytest.mark.kernel
@@ -138,9 +138,9 @@ def test_eperm_is_counted_not_raised():
     target = spawn_in(None)
     script = textwrap.dedent(f"""
         import os, tempfile
-        from lbagent.actuate import Actuator
-        from lbagent.config import ScopeConfig
-        from lbagent.state import StateFile
+        from lbagent.live.actuate import Actuator
+        from lbagent.live.config import ScopeConfig
+        from lbagent.live.state import StateFile
         os.setgid(65534); os.setuid(65534)
         act = Actuator("affinity", ScopeConfig(uids=(0,)), StateFile(tempfile.mkdtemp() + "/s.json"))
         print(act.place_many([({target.pid}, frozenset({{1}}))]), dict(act.errors))

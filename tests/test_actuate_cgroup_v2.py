@@ -13,8 +13,8 @@ import os
 
 import pytest
 
-from lbagent import cgroups
-from lbagent.actuate import Actuator
+from lbagent.live import cgroups
+from lbagent.live.actuate import Actuator
 from livehost import CpusetV2Unavailable, cpuset_controller_on_v2
 from test_actuate import _cpuset_place_and_restore, scoped  # noqa: F401  (scoped is a fixture)
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lbagent import experiments
+from lbagent.eval import experiments
 from lbagent.agent.config import DreamerConfig
 from lbagent.agent.dreamer import DreamerAgent
 from lbagent.policy.files import save_policy

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lbagent.config import ConfigError, load_config, parse_config
+from lbagent.live.config import ConfigError, load_config, parse_config
 
 DEFAULT = Path(__file__).resolve().parent.parent / "systemd" / "lbagent.toml"
 SCOPE = '[scope]\ncgroups = ["/x"]\n'

@@ -14,13 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lbagent import cgroups, spaces
-from lbagent.config import parse_config
-from lbagent.daemon import MAX_COMMS, Daemon, HostView, LiveTask, SojournClock, WorkHistory
-from lbagent.daemon_bench import free_port
-from lbagent.demo import DaemonProcess, demo_config
+from lbagent.live import cgroups
+
+from lbagent import spaces
+from lbagent.live.config import parse_config
+from lbagent.live.daemon import MAX_COMMS, Daemon, HostView, LiveTask, SojournClock, WorkHistory
+from lbagent.bench.daemon import free_port
+from lbagent.bench.demo import DaemonProcess, demo_config
 from lbagent.errors import UserError
-from lbagent.probe.types import CpuSample, EventKind, Snapshot, TaskEvent
+from lbagent.live.probe.types import CpuSample, EventKind, Snapshot, TaskEvent
 from livehost import masks, sleepers, spawn_in, stop, v2_cgroup
 
 ALL = cgroups.online_cpus()
@@ -94,8 +96,8 @@ def test_host_view_builds_the_contracts_observation():
 
 def test_daemon_never_imports_torch_the_simulator_or_the_agent():
     code = (
-        "import sys, lbagent.cli, lbagent.daemon, lbagent.probe.bpf, lbagent.probe.procfs, lbagent.policy.files\n"
-        "from lbagent.daemon import resolve_policy\nresolve_policy('sed')\n"
+        "import sys, lbagent.cli, lbagent.live.daemon, lbagent.live.probe.bpf, lbagent.live.probe.procfs, lbagent.policy.files\n"
+        "from lbagent.live.daemon import resolve_policy\nresolve_policy('sed')\n"
         "print([m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith(('lbagent.agent', 'lbagent.sim', 'sim'))])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -355,7 +357,7 @@ def test_works_with_only_the_units_capabilities_and_memory_deny_write_execute(sc
 @pytest.mark.kernel
 @pytest.mark.slow
 def test_demo_runs_the_same_workload_under_three_policies(tmp_path):
-    from lbagent import demo
+    from lbagent.bench import demo
 
     learned = tmp_path / "kernel.policy"
     write_policy(learned, favourite=spaces.KERNEL)

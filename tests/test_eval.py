@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from lbagent.cli import main
-from lbagent.evaluate import evaluate, evaluate_policy
+from lbagent.eval.evaluate import evaluate, evaluate_policy
 from lbagent.sim.scenarios import load_suite
 
 SMALL_SUITE = """

@@ -12,12 +12,12 @@ import time
 import numpy as np
 import pytest
 
-from lbagent import cgroups
-from lbagent.config import parse_config
-from lbagent.daemon import Daemon
-from lbagent.daemon_bench import free_port
-from lbagent.demo import DaemonProcess, demo_config
-from lbagent.metrics import parse, scrape
+from lbagent.live import cgroups
+from lbagent.live.config import parse_config
+from lbagent.live.daemon import Daemon
+from lbagent.bench.daemon import free_port
+from lbagent.bench.demo import DaemonProcess, demo_config
+from lbagent.live.metrics import parse, scrape
 from livehost import SLEEPER, masks, sleepers, spawn_in, stop, v1_cpuset
 from test_daemon import AlwaysSlot, free, log_lines, pinned, scope, wait_for  # noqa: F401 (scope is a fixture)
 
@@ -116,7 +116,7 @@ def test_probe_unavailable_at_start_falls_back_to_procfs_and_logs_why(scope):
     d = DaemonProcess(demo_config(path, tmp / "state.json", bpf_object=str(missing)), "round_robin", tmp)
     with sleepers(directory) as procs:
         lines = log_lines(d)
-        (why,) = [e for e in lines if e["logger"] == "lbagent.probe"]
+        (why,) = [e for e in lines if e["logger"] == "lbagent.live.probe"]
         assert why["level"] == "warning" and why["msg"] == (
             f"bpf probe unavailable: BPF object missing: {missing} (build it with `make bpf`); "
             "falling back to the procfs probe")

@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 
 from lbagent import spaces
 from lbagent.cli import main
-from lbagent.config import MAX_CONFIG_BYTES, ConfigError, load_config
+from lbagent.live.config import MAX_CONFIG_BYTES, ConfigError, load_config
 from lbagent.policy.files import MAX_POLICY_BYTES, PolicyFileError, load_policy
-from lbagent.state import MAX_STATE_BYTES, Placement, StateFile, StateFileError
-from lbagent.trace import MAX_TRACE_BYTES, TraceError, TraceWriter, read_trace, write_trace
+from lbagent.live.state import MAX_STATE_BYTES, Placement, StateFile, StateFileError
+from lbagent.eval.trace import MAX_TRACE_BYTES, TraceError, TraceWriter, read_trace, write_trace
 from test_daemon import write_policy
 from test_trace import HEADER, SAMPLE, small_trace
 
@@ -219,7 +219,7 @@ def tiny_tmpfs(tmp_path: Path, size: str = "64k"):
 
 @pytest.mark.kernel
 def test_a_trace_write_that_runs_out_of_space_leaves_nothing(tmp_path):
-    from lbagent.trace import Arrival
+    from lbagent.eval.trace import Arrival
 
     with tiny_tmpfs(tmp_path) as mnt:
         with pytest.raises(TraceError, match=rf"^{mnt}/t.jsonl: cannot write the trace \(No space left on device\)"):
@@ -248,8 +248,8 @@ def test_a_state_write_that_runs_out_of_space_keeps_the_previous_file(tmp_path):
 @pytest.mark.kernel
 def test_placements_are_refused_not_crashed_when_the_state_file_cannot_be_written(tmp_path):
     """Write-ahead: with no room for the record, the task is left alone and the failure counted."""
-    from lbagent.actuate import Actuator
-    from lbagent.config import ScopeConfig
+    from lbagent.live.actuate import Actuator
+    from lbagent.live.config import ScopeConfig
     from livehost import masks, spawn_in, stop, v2_cgroup
 
     with tiny_tmpfs(tmp_path, "4k") as mnt, v2_cgroup("lbagent-t-full") as (path, d):

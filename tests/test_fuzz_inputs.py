@@ -9,8 +9,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lbagent.config import Config, ConfigError, parse_config
-from lbagent.state import StateFile, StateFileError, boot_id
+from lbagent.live.config import Config, ConfigError, parse_config
+from lbagent.live.state import StateFile, StateFileError, boot_id
 
 KEYS = ["cgroups", "comms", "uids", "mode", "policy", "probe", "state_file", "dry_run", "log_level",
         "snapshot_interval", "enabled", "address", "bogus"]

@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from lbagent import spaces
 from lbagent.cli import main
-from lbagent.evaluate import run_suite, summarize
-from lbagent.headroom import RULES, Rule, _exact_marginal_cost, headroom
+from lbagent.eval.evaluate import run_suite, summarize
+from lbagent.eval.headroom import RULES, Rule, _exact_marginal_cost, headroom
 from lbagent.sim.scenarios import make_vector_env, parse_suite
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from lbagent.storm import soak, storm
+from lbagent.bench.storm import soak, storm
 
 pytestmark = pytest.mark.kernel
 

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from lbagent.metrics import Metrics, MetricsServer, histogram_quantile, parse, scrape
-from lbagent.notify import Notifier
-from lbagent.status import render, summary
+from lbagent.live.metrics import Metrics, MetricsServer, histogram_quantile, parse, scrape
+from lbagent.live.notify import Notifier
+from lbagent.live.status import render, summary
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_server_binds_loopback_and_status_reads_it():
 
 
 def test_status_without_a_daemon_is_one_line_and_exit_2():
-    from lbagent.daemon_bench import free_port
+    from lbagent.bench.daemon import free_port
 
     address = f"127.0.0.1:{free_port()}"
     out = subprocess.run([sys.executable, "-m", "lbagent.cli", "status", "--address", address],

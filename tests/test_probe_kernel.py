@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from lbagent.probe import bpf_unavailable_reason, open_probe
-from lbagent.probe.cpus import online_cpus
-from lbagent.probe.procfs import ProcfsProbe, cgroup2_mount, runnable_per_cpu
-from lbagent.probe.types import EventKind, Scope
+from lbagent.live.probe import bpf_unavailable_reason, open_probe
+from lbagent.live.probe.cpus import online_cpus
+from lbagent.live.probe.procfs import ProcfsProbe, cgroup2_mount, runnable_per_cpu
+from lbagent.live.probe.types import EventKind, Scope
 
 pytestmark = pytest.mark.kernel
 
@@ -317,7 +317,7 @@ def test_cli_record_live_trace_then_replay(cgroup, tmp_path):
     from click.testing import CliRunner
 
     from lbagent.cli import main
-    from lbagent.trace import Arrival, Exit, Sample, read_trace
+    from lbagent.eval.trace import Arrival, Exit, Sample, read_trace
 
     out = tmp_path / "live.jsonl.gz"
     work = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"
@@ -341,7 +341,7 @@ def test_cli_record_live_trace_then_replay(cgroup, tmp_path):
 
 
 def test_unavailable_reasons_are_one_line(tmp_path, caplog):
-    from lbagent.probe import ProbeUnavailable
+    from lbagent.live.probe import ProbeUnavailable
 
     with pytest.raises(ProbeUnavailable, match=r"^bpf probe unavailable: BPF object missing: .*make bpf"):
         open_probe("bpf", Scope(), obj_path=tmp_path / "nothing.o")
@@ -350,7 +350,7 @@ def test_unavailable_reasons_are_one_line(tmp_path, caplog):
     with pytest.raises(ProbeUnavailable, match=r"^bpf probe unavailable: load failed: bpf_object__open_file") as err:
         open_probe("bpf", Scope(), obj_path=garbage)
     assert "\n" not in str(err.value)
-    with caplog.at_level("WARNING", logger="lbagent.probe"):
+    with caplog.at_level("WARNING", logger="lbagent.live.probe"):
         probe = open_probe("auto", Scope(), obj_path=garbage)
     try:
         assert probe.kind == "procfs"
@@ -363,7 +363,7 @@ def test_cli_probe_as_unprivileged_user_exits_2():
     """The CLI run with an unprivileged effective uid (modules loaded first: the interpreter's own
     files may be unreadable to that user)."""
     drop_then_run = (
-        "import json, logging, os, sys, time, lbagent.cli, lbagent.probe.bpf, lbagent.probe.stream; os.seteuid(65534); "
+        "import json, logging, os, sys, time, lbagent.cli, lbagent.live.probe.bpf, lbagent.live.probe.stream; os.seteuid(65534); "
         "sys.argv = ['lbagent', 'probe', '--probe', 'bpf', '--duration', '0.1']; lbagent.cli.main()"
     )
     result = subprocess.run([sys.executable, "-c", drop_then_run], capture_output=True, text=True, timeout=30)
@@ -375,7 +375,7 @@ def test_cli_probe_as_unprivileged_user_exits_2():
 
 def test_bench_probe_machinery_counts_exactly():
     """Not a speed test: the storm's accounting is exact and the pipe runs parse (figures > 0)."""
-    from lbagent.probe.bench import fork_storm, pipe_overhead
+    from lbagent.bench.probe import fork_storm, pipe_overhead
 
     storm = fork_storm("bpf", tasks=400, parallel=2)
     assert storm.expected == 402 and storm.arrivals == storm.exits == 402 and storm.lost == 0
@@ -387,7 +387,7 @@ def test_bench_probe_machinery_counts_exactly():
 def test_verifier_rejection_is_reported_by_its_reason(tmp_path):
     """A program the verifier refuses (a map value used without its NULL check): the error names
     the program and the verifier's own reason, on one line."""
-    from lbagent.probe.libbpf import BpfObject, LibbpfError
+    from lbagent.live.probe.libbpf import BpfObject, LibbpfError
 
     source = tmp_path / "bad.bpf.c"
     source.write_text(
@@ -423,7 +423,7 @@ def tracefs():
 
 def test_import_fresh_perf_data_end_to_end(tracefs, tmp_path):
     """`perf sched record` of three shells, imported straight from the binary perf.data."""
-    from lbagent.trace import Arrival, Exit, import_perf_script
+    from lbagent.eval.trace import Arrival, Exit, import_perf_script
 
     if shutil.which("perf") is None:
         pytest.skip("perf not installed (make deps installs linux-perf)")

@@ -7,9 +7,9 @@ import ctypes
 
 import pytest
 
-from lbagent.probe.bpf import COMM_LEN, _Cpu, _Event, _Shared, comm_key
-from lbagent.probe.cpus import parse_cpu_list
-from lbagent.probe.procfs import NS_PER_TICK, _state_and_cpu, parse_stat
+from lbagent.live.probe.bpf import COMM_LEN, _Cpu, _Event, _Shared, comm_key
+from lbagent.live.probe.cpus import parse_cpu_list
+from lbagent.live.probe.procfs import NS_PER_TICK, _state_and_cpu, parse_stat
 
 
 def _stat(comm: str, state: str = "R", cpu: int = 3) -> str:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lbagent import service
-from lbagent.demo import UNIT_RT_PRIORITY, UNIT_RTTIME_US
+from lbagent.live import service
+from lbagent.bench.demo import UNIT_RT_PRIORITY, UNIT_RTTIME_US
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "lbagent.service"
 EXPOSURE_LIMIT = 3.6  # irqbalance's hardened unit

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from lbagent.state import Placement, StateFile, StateFileError
+from lbagent.live.state import Placement, StateFile, StateFileError
 
 
 def _state(tmp_path, directory: str = "run") -> StateFile:

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from lbagent.cli import main
-from lbagent.trace import (
+from lbagent.eval.trace import (
     Arrival,
     CpuInfo,
     Exit,

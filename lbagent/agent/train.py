@@ -26,7 +26,7 @@ import torch
 
 from lbagent.agent.config import DreamerConfig
 from lbagent.agent.dreamer import DreamerAgent
-from lbagent.agent.replay import SequenceReplay
+from lbagent.agent.replay_buffer import SequenceReplay
 from lbagent.agent.teacher import Teacher, bc_weight, teacher_rows
 from lbagent.blas import limit_blas_threads
 from lbagent.policy.numpy_actor import DreamerActor
@@ -100,7 +100,7 @@ def make_suite_env(suite_name: str, num_envs: int, seed: int):
 def evaluate_actor(policy, suite_name: str, episodes: int, seed: int = EVAL_SEED, scenarios=None) -> dict:
     """Mean job completion time of a policy on held-out seeds: every scenario of the suite (or the
     given ones), one trial per row, the same episodes for every policy (the ``lbagent eval`` protocol)."""
-    from lbagent.evaluate import run_suite, summarize
+    from lbagent.eval.evaluate import run_suite, summarize
     from lbagent.sim.scenarios import load_suite
 
     per_scenario = run_suite(policy, load_suite(suite_name), episodes, seed, scenarios)

@@ -318,7 +318,7 @@ def _parse_lines(path: Path, lines: Iterable[tuple[int, bytes]]) -> Trace:
 def host_header(source: str, start: float | None = None) -> Header:
     """This host's header: online CPUs with their relative capacities (1.0 unless the kernel
     publishes ``cpu_capacity``, as on big.LITTLE machines)."""
-    from lbagent.probe.cpus import online_cpus
+    from lbagent.live.probe.cpus import online_cpus
 
     cpus = online_cpus()
     raw = []
@@ -332,8 +332,8 @@ def host_header(source: str, start: float | None = None) -> Header:
 
 def record(probe, path: str | Path, duration: float, interval: float = 1.0) -> tuple[int, int]:
     """Record ``duration`` s from a live probe; returns (task events, samples) written."""
-    from lbagent.probe.stream import windows
-    from lbagent.probe.types import EventKind
+    from lbagent.live.probe.stream import windows
+    from lbagent.live.probe.types import EventKind
 
     t0 = time.monotonic_ns()
     counts = [0, 0]

@@ -22,9 +22,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from lbagent import cgroups
-from lbagent.config import ScopeConfig
-from lbagent.state import Placement, StateFile, StateFileError
+from lbagent.live import cgroups
+from lbagent.live.config import ScopeConfig
+from lbagent.live.state import Placement, StateFile, StateFileError
 
 PF_KTHREAD = 0x00200000
 PF_NO_SETAFFINITY = 0x04000000

@@ -6,7 +6,7 @@ the caller waits in :meth:`ProcfsProbe.poll` and averaged over the window: a sam
 BPF probe's exact integral. Busy time comes from ``/proc/stat``. Forks, execs and exits come from
 the kernel's proc connector (pyroute2 decodes it); we own the netlink socket so that ``select``
 sees every queued datagram (pyroute2's own socket buffers them in an event loop the fd never shows).
-CPU time at exit comes from taskstats (:mod:`lbagent.probe.taskstats`), else from the zombie's
+CPU time at exit comes from taskstats (:mod:`lbagent.live.probe.taskstats`), else from the zombie's
 ``/proc/PID/stat`` when we are faster than its parent, else 0.
 """
 
@@ -31,17 +31,17 @@ from pyroute2.netlink.connector.cn_proc import (
     proc_event_control,
 )
 
-from lbagent.probe.cpus import online_cpus
-from lbagent.probe.netlink import MulticastListener
-from lbagent.probe.taskstats import TaskExitStats
-from lbagent.probe.types import CpuSample, EventKind, Scope, Snapshot, TaskEvent
+from lbagent.live.probe.cpus import online_cpus
+from lbagent.live.probe.netlink import MulticastListener
+from lbagent.live.probe.taskstats import TaskExitStats
+from lbagent.live.probe.types import CpuSample, EventKind, Scope, Snapshot, TaskEvent
 
 NETLINK_CONNECTOR = 11
 PF_KTHREAD = 0x00200000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NS_PER_TICK = 1_000_000_000 // CLK_TCK
 PROC = Path("/proc")
-log = logging.getLogger("lbagent.probe")
+log = logging.getLogger("lbagent.live.probe")
 
 
 @dataclass(frozen=True)

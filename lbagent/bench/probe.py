@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lbagent.errors import UserError
-from lbagent.probe import open_probe
-from lbagent.probe.types import EventKind, Scope
+from lbagent.live.probe import open_probe
+from lbagent.live.probe.types import EventKind, Scope
 
 STORM_COMM = "lbstorm"
 _USECS = re.compile(r"([\d.]+)\s+usecs/op")

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lbagent import cgroups, workload
+from lbagent.live import cgroups
+
+from lbagent.bench import taskgen
 from lbagent.errors import UserError
 
 DEMO_CGROUP = "lbagent-demo"
@@ -117,7 +119,7 @@ def demo_config(scope_path: str, state_file: Path, metrics: str | None = None, *
 
 def learned_available(spec: str) -> str | None:
     """None when the learned policy loads, else why not (the row is then skipped, and says so)."""
-    from lbagent.daemon import resolve_policy
+    from lbagent.live.daemon import resolve_policy
 
     try:
         resolve_policy(spec)
@@ -126,13 +128,13 @@ def learned_available(spec: str) -> str | None:
     return None
 
 
-def run_row(name: str, policy: str | None, tasks: list[workload.Task], cg: Path, workdir: Path) -> Row:
-    noisy = workload.NoisyNeighbour(max(cgroups.online_cpus()))
+def run_row(name: str, policy: str | None, tasks: list[taskgen.Task], cg: Path, workdir: Path) -> Row:
+    noisy = taskgen.NoisyNeighbour(max(cgroups.online_cpus()))
     daemon = None
     try:
         if policy is not None:
             daemon = DaemonProcess(demo_config("/" + cg.name, workdir / "state.json"), policy, workdir, True)
-        results = workload.run(tasks, cg, drain=DRAIN_LIMIT)
+        results = taskgen.run(tasks, cg, drain=DRAIN_LIMIT)
     finally:
         noisy.stop()
         code = daemon.stop() if daemon else 0
@@ -154,7 +156,7 @@ def main(seconds: float, seed: int, heuristic: str, learned: str, json_path: str
     if root is None:
         raise UserError("the demo needs a cgroup v2 mount for its workload cgroup")
     console = Console()
-    tasks = workload.make_schedule(seed, seconds, cpu_load=0.9)
+    tasks = taskgen.make_schedule(seed, seconds, cpu_load=0.9)
     console.print(f"workload: {len(tasks)} tasks over {seconds:.0f} s (seed {seed}), "
                   f"{sum(t.work for t in tasks):.1f} CPU-s, noisy neighbour on CPU {max(cgroups.online_cpus())}")
     plan = [("kernel alone", None), (f"heuristic ({heuristic})", heuristic), (f"learned ({learned})", learned)]

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from lbagent.evaluate import EvalReport, add_ratios, evaluate_policy, run_suite, summarize
+from lbagent.eval.evaluate import EvalReport, add_ratios, evaluate_policy, run_suite, summarize
 from lbagent.policy.heuristics import HEURISTICS, argmin_valid, earliest_finish, safe_capacity
 from lbagent.spaces import KERNEL, RawObservation
 

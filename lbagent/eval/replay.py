@@ -17,7 +17,7 @@ import numpy as np
 
 from lbagent import spaces
 from lbagent.errors import UserError
-from lbagent.evaluate import (
+from lbagent.eval.evaluate import (
     EvalReport,
     PolicyResult,
     ProgressHook,
@@ -27,7 +27,7 @@ from lbagent.evaluate import (
     summarize,
 )
 from lbagent.policy.heuristics import HEURISTICS, UnsupportedPolicy
-from lbagent.trace import Trace
+from lbagent.eval.trace import Trace
 
 SCENARIO = "trace"
 

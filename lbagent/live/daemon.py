@@ -24,17 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
-from lbagent import cgroups, spaces
-from lbagent.actuate import Actuator
-from lbagent.config import Config, ConfigError, load_config
-from lbagent.errors import UserError
-from lbagent.metrics import Metrics, MetricsServer
-from lbagent.notify import Notifier
-from lbagent.probe.types import EventKind, Scope, Snapshot, TaskEvent
-from lbagent.state import StateFile, StateFileError
-from lbagent.topology import read_cpus
+from lbagent.live import cgroups
 
-log = logging.getLogger("lbagent.daemon")
+from lbagent import spaces
+from lbagent.live.actuate import Actuator
+from lbagent.live.config import Config, ConfigError, load_config
+from lbagent.errors import UserError
+from lbagent.live.metrics import Metrics, MetricsServer
+from lbagent.live.notify import Notifier
+from lbagent.live.probe.types import EventKind, Scope, Snapshot, TaskEvent
+from lbagent.live.state import StateFile, StateFileError
+from lbagent.hostinfo import read_cpus
+
+log = logging.getLogger("lbagent.live.daemon")
 HISTORY_PER_COMM = 32
 MAX_COMMS = 4096
 PRUNE_INTERVAL = 5.0
@@ -253,7 +255,7 @@ class Daemon:
             raise UserError(f"{config.source}: metrics.address {config.metrics_address}: cannot bind: {e.strerror or e}") from None
 
     def _open_probe(self, config: Config):
-        from lbagent.probe import ProbeUnavailable, open_probe
+        from lbagent.live.probe import ProbeUnavailable, open_probe
 
         try:
             probe = open_probe(config.probe, self.probe_scope, Path(config.bpf_object) if config.bpf_object else None,

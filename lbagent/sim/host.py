@@ -71,7 +71,7 @@ TIE_EPS = 1e-9
 
 
 @dataclass(frozen=True)
-class Trace:
+class FixedSchedule:
     """A recorded workload: arrival times (s, ascending), true work (s at capacity 1), CPUs."""
 
     arrival: np.ndarray
@@ -108,7 +108,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         space: WorkloadSpace | None = None,
         episodes_per_trial: int = 1,
         shift: Shift | None = None,
-        trace: Trace | None = None,
+        trace: FixedSchedule | None = None,
         pin_placements: bool = True,
         exact_state: bool = False,
     ) -> None:
@@ -164,7 +164,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         """
         times = np.asarray(arrival, float)
         times = times - times[0] if times.size else times
-        trace = Trace(times, np.asarray(work, float), tuple(capacities), predicted)
+        trace = FixedSchedule(times, np.asarray(work, float), tuple(capacities), predicted)
         space = WorkloadSpace(
             {
                 "tasks": Fixed(int(trace.work.size)),

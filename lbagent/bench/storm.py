@@ -19,11 +19,11 @@ from pathlib import Path
 
 import psutil
 
-from lbagent import cgroups
-from lbagent.daemon_bench import RUNTIME_DIR, Sampler, free_port
-from lbagent.demo import DaemonProcess, demo_config
+from lbagent.live import cgroups
+from lbagent.bench.daemon import RUNTIME_DIR, Sampler, free_port
+from lbagent.bench.demo import DaemonProcess, demo_config
 from lbagent.errors import UserError
-from lbagent.metrics import histogram_quantile, parse, scrape
+from lbagent.live.metrics import histogram_quantile, parse, scrape
 
 STORM_CGROUP = "lbagent-storm"
 WARMUP_TASKS = 400

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lbagent.cgroups import online_cpus
+from lbagent.live.cgroups import online_cpus
 from lbagent.spaces import Cpu
 
 SYS_CPU = Path("/sys/devices/system/cpu")

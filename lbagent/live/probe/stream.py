@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from lbagent.probe import Probe
-from lbagent.probe.types import Snapshot, TaskEvent
+from lbagent.live.probe import Probe
+from lbagent.live.probe.types import Snapshot, TaskEvent
 
 
 def windows(probe: Probe, interval: float, duration: float | None = None) -> Iterator[tuple[Snapshot, list[TaskEvent]]]:

@@ -6,7 +6,7 @@ a record per exiting task to listeners registered for the CPUs it exits on; its
 ``cpu_run_virtual_total`` is the scheduler's own ``sum_exec_runtime`` in ns.
 
 pyroute2 resolves the generic-netlink family and encodes/decodes the messages; the socket is ours,
-non-blocking, so ``select`` sees every queued record (see :mod:`lbagent.probe.procfs`).
+non-blocking, so ``select`` sees every queued record (see :mod:`lbagent.live.probe.procfs`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections import OrderedDict
 from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR
 from pyroute2.netlink.taskstats import TASKSTATS_CMD_GET, TaskStats, taskstatsmsg, tcmd
 
-from lbagent.probe.netlink import MulticastListener
+from lbagent.live.probe.netlink import MulticastListener
 
 NETLINK_GENERIC = 16
 MAX_PENDING = 65536

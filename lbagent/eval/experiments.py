@@ -23,7 +23,7 @@ ADAPT_SEED = 700_000
 
 def _variants(spec: str) -> list[tuple[str, object]]:
     """(label, policy) pairs to run for one spec: both memory modes for a recurrent policy."""
-    from lbagent.evaluate import resolve_policy
+    from lbagent.eval.evaluate import resolve_policy
     from lbagent.policy.heuristics import HEURISTICS
     from lbagent.policy.files import load_policy
 
@@ -38,7 +38,7 @@ def _variants(spec: str) -> list[tuple[str, object]]:
 
 def adaptation(specs: list[str], suite_name: str = "shift", trials: int = 4, seed: int = ADAPT_SEED) -> dict:
     """Per policy variant and scenario, mean JCT at each episode index of a trial (averaged over trials)."""
-    from lbagent.evaluate import run_trials
+    from lbagent.eval.evaluate import run_trials
     from lbagent.sim.scenarios import load_suite, make_vector_env
 
     suite = load_suite(suite_name)

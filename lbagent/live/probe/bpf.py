@@ -15,11 +15,11 @@ import os
 import time
 from pathlib import Path
 
-from lbagent.probe.cpus import online_cpus
-from lbagent.probe.libbpf import BPF_NOEXIST, BpfObject, LibbpfError, RingBuffer
-from lbagent.probe.types import CpuSample, EventKind, Scope, Snapshot, TaskEvent
+from lbagent.live.probe.cpus import online_cpus
+from lbagent.live.probe.libbpf import BPF_NOEXIST, BpfObject, LibbpfError, RingBuffer
+from lbagent.live.probe.types import CpuSample, EventKind, Scope, Snapshot, TaskEvent
 
-DEFAULT_OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "lbprobe.bpf.o"
+DEFAULT_OBJECT = Path(__file__).resolve().parents[2] / "bpf" / "lbprobe.bpf.o"
 LB_MAX_CPUS = 1024
 COMM_LEN = 16
 _KINDS = {1: EventKind.ARRIVAL, 2: EventKind.EXIT}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from lbagent.metrics import histogram_quantile, parse, scrape
+from lbagent.live.metrics import histogram_quantile, parse, scrape
 
 
 def fetch(address: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lbagent.errors import UserError
 
-SOURCE = Path(__file__).resolve().parent.parent / "systemd"
+SOURCE = Path(__file__).resolve().parents[2] / "systemd"
 UNIT_PATH = Path("etc/systemd/system/lbagent.service")
 CONFIG_PATH = Path("etc/lbagent/lbagent.toml")
 GENERIC_EXEC = "/usr/local/bin/lbagent"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from lbagent.errors import UserError
-from lbagent.probe.types import Scope, Snapshot, TaskEvent
+from lbagent.live.probe.types import Scope, Snapshot, TaskEvent
 
 BTF_VMLINUX = Path("/sys/kernel/btf/vmlinux")
 PROBE_KINDS = ("auto", "bpf", "procfs")
@@ -53,12 +53,12 @@ class ProbeUnavailable(UserError):
     """The requested probe cannot run here; ``str()`` is a one-line reason for the user."""
 
 
-log = logging.getLogger("lbagent.probe")
+log = logging.getLogger("lbagent.live.probe")
 
 
 def bpf_unavailable_reason(obj_path: Path | None = None) -> str | None:
     """Why the BPF probe cannot even be tried here, or None when it can."""
-    from lbagent.probe.bpf import DEFAULT_OBJECT
+    from lbagent.live.probe.bpf import DEFAULT_OBJECT
 
     obj_path = obj_path or DEFAULT_OBJECT
     if os.geteuid() != 0:
@@ -71,8 +71,8 @@ def bpf_unavailable_reason(obj_path: Path | None = None) -> str | None:
 
 
 def _open_bpf(scope: Scope, obj_path: Path | None, ring_bytes: int | None) -> Probe:
-    from lbagent.probe.bpf import BpfProbe
-    from lbagent.probe.libbpf import LibbpfError
+    from lbagent.live.probe.bpf import BpfProbe
+    from lbagent.live.probe.libbpf import LibbpfError
 
     reason = bpf_unavailable_reason(obj_path)
     if reason:
@@ -84,7 +84,7 @@ def _open_bpf(scope: Scope, obj_path: Path | None, ring_bytes: int | None) -> Pr
 
 
 def _open_procfs(scope: Scope) -> Probe:
-    from lbagent.probe.procfs import ProcfsProbe
+    from lbagent.live.probe.procfs import ProcfsProbe
 
     try:
         return ProcfsProbe(scope)

@@ -5,7 +5,7 @@ heuristic and the learned policy face exactly the same tasks. Arrivals are burst
 modulated Poisson process: calm, then bursts at several times the rate) and sizes heavy-tailed
 (Pareto, alpha 1.5, as in Park's load_balance), which is where placement matters.
 
-The generator runs as its own process (``python -m lbagent.workload``): it moves itself into the
+The generator runs as its own process (``python -m lbagent.bench.taskgen``): it moves itself into the
 workload cgroup first, then forks one child per task at its arrival time; the child burns exactly
 its CPU work and exits; completion times come from pidfds, not from polling.
 """
@@ -134,7 +134,7 @@ def run(
         payload = json.dumps({"tasks": [[t.at, t.work, t.hold] for t in tasks[w::workers]], "drain": drain,
                               "start_at": start_at,
                               "cgroup_procs": str(cgroup_dir / "cgroup.procs") if cgroup_dir else None})
-        p = subprocess.Popen([sys.executable, "-m", "lbagent.workload"], stdin=subprocess.PIPE,
+        p = subprocess.Popen([sys.executable, "-m", "lbagent.bench.taskgen"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         p.stdin.write(payload)
         p.stdin.close()

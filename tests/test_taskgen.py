@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from lbagent import workload
+from lbagent.bench import taskgen
 
 
 def test_schedule_is_seeded_bursty_and_heavy_tailed():
-    a = workload.make_schedule(3, 200.0, cpu_load=0.9)
-    assert a == workload.make_schedule(3, 200.0, cpu_load=0.9) and a != workload.make_schedule(4, 200.0, cpu_load=0.9)
+    a = taskgen.make_schedule(3, 200.0, cpu_load=0.9)
+    assert a == taskgen.make_schedule(3, 200.0, cpu_load=0.9) and a != taskgen.make_schedule(4, 200.0, cpu_load=0.9)
     at = np.array([t.at for t in a])
     work = np.array([t.work for t in a])
     assert np.all(np.diff(at) >= 0) and at[-1] < 200.0
@@ -20,8 +20,8 @@ def test_schedule_is_seeded_bursty_and_heavy_tailed():
 
 
 def test_generator_runs_tasks_and_kills_what_outlives_the_drain():
-    tasks = [workload.Task(0.0, 0.02), workload.Task(0.05, 0.01, hold=0.03), workload.Task(0.1, 30.0)]
-    results = workload.run(tasks, None, drain=0.4)
+    tasks = [taskgen.Task(0.0, 0.02), taskgen.Task(0.05, 0.01, hold=0.03), taskgen.Task(0.1, 30.0)]
+    results = taskgen.run(tasks, None, drain=0.4)
     assert [done for _, _, done in results] == [True, True, False]
     assert results[0][1] >= 0.02 and results[1][1] >= 0.04  # at least its work (and its hold)
     assert 0.3 < results[2][1] < 5.0  # killed at the drain limit, reported with its time so far

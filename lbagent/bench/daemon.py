@@ -19,10 +19,12 @@ from pathlib import Path
 
 import psutil
 
-from lbagent import cgroups, workload
-from lbagent.demo import DaemonProcess, demo_config
+from lbagent.live import cgroups
+
+from lbagent.bench import taskgen
+from lbagent.bench.demo import DaemonProcess, demo_config
 from lbagent.errors import UserError
-from lbagent.metrics import histogram_quantile, parse, scrape
+from lbagent.live.metrics import histogram_quantile, parse, scrape
 
 BENCH_CGROUP = "lbagent-bench"
 TASK_WORK = 0.0005
@@ -70,7 +72,7 @@ def measure(rate: float, seconds: float, policy: str, probe: str) -> dict:
     root = cgroups.unified_root()
     if root is None:
         raise UserError("bench daemon needs a cgroup v2 mount for its workload cgroup")
-    tasks = [workload.Task(round(i / rate, 6), TASK_WORK, TASK_HOLD) for i in range(int(rate * seconds))]
+    tasks = [taskgen.Task(round(i / rate, 6), TASK_WORK, TASK_HOLD) for i in range(int(rate * seconds))]
     cg = root / BENCH_CGROUP
     cg.mkdir(exist_ok=True)
     address = f"127.0.0.1:{free_port()}"
@@ -82,7 +84,7 @@ def measure(rate: float, seconds: float, policy: str, probe: str) -> dict:
                 proc = psutil.Process(daemon.proc.pid)
                 idle_rss, fds_start = proc.memory_info().rss / 2**20, proc.num_fds()
                 sampler = Sampler(daemon.proc.pid)
-                results = workload.run(tasks, cg, workers=max(1, math.ceil(rate / GENERATOR_RATE)))
+                results = taskgen.run(tasks, cg, workers=max(1, math.ceil(rate / GENERATOR_RATE)))
                 time.sleep(0.2)  # the last exits reach the daemon
                 peak_rss, cpu = sampler.finish()
                 end_rss, fds_end = proc.memory_info().rss / 2**20, proc.num_fds()

@@ -1,0 +1,1 @@
+"""Offline evaluation: the protocol, experiments, the headroom study, host traces and their replay."""
