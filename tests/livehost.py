@@ -14,6 +14,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from lbagent import hostinfo
 from lbagent.live import cgroups
 
 SLEEPER = "import threading, time\nfor _ in range({threads}): threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\ntime.sleep(60)\n"
@@ -22,7 +23,7 @@ SLEEPER = "import threading, time\nfor _ in range({threads}): threading.Thread(t
 @contextmanager
 def v2_cgroup(name: str):
     """A fresh cgroup v2 directory; yields (path relative to the v2 root, its directory)."""
-    root = cgroups.unified_root()
+    root = hostinfo.unified_root()
     assert root is not None, "no cgroup v2 mount"
     d = root / f"{name}-{os.getpid()}"
     d.mkdir(exist_ok=True)
@@ -36,7 +37,7 @@ def v2_cgroup(name: str):
 @contextmanager
 def v1_cpuset(name: str, cpus: str, pid: int):
     """A v1 cpuset limited to ``cpus`` holding ``pid``; afterwards the task goes back to the root."""
-    cs = cgroups.v1_cpuset_root() / f"{name}-{os.getpid()}"
+    cs = hostinfo.v1_cpuset_root() / f"{name}-{os.getpid()}"
     cs.mkdir()
     try:
         (cs / "cpuset.cpus").write_text(cpus)
@@ -104,7 +105,7 @@ def cpuset_controller_on_v2():
     the controller for v2. Afterwards v2 lets go of it and the v1 mount is restored, retrying while
     the kernel is still releasing it. On a host where v2 already has cpuset this does nothing.
     """
-    root, v1 = cgroups.unified_root(), cgroups.v1_cpuset_root()
+    root, v1 = hostinfo.unified_root(), hostinfo.v1_cpuset_root()
     if v1 is None:
         assert cgroups.v2_has_cpuset(root), "no cpuset controller anywhere"
         yield

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from lbagent.live import cgroups
-from lbagent.live.actuate import Actuator, read_task
+from lbagent import hostinfo
+from lbagent.hostinfo import read_task
+from lbagent.live.actuate import Actuator
 from lbagent.live.config import ScopeConfig
 from lbagent.live.state import StateFile
 from livehost import masks, spawn_in, stop, v1_cpuset, v2_cgroup
 
 pytestmark = pytest.mark.kernel
-ALL = cgroups.online_cpus()
+ALL = hostinfo.online_cpus()
 CPU0, CPU1 = frozenset({0}), frozenset({1})
 
 

@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from lbagent.live import cgroups
+from lbagent import hostinfo
 from lbagent.live.actuate import Actuator
 from livehost import CpusetV2Unavailable, cpuset_controller_on_v2
 from test_actuate import _cpuset_place_and_restore, scoped  # noqa: F401  (scoped is a fixture)
@@ -24,7 +24,7 @@ def test_cpuset_mode_v2(scoped):  # noqa: F811
     try:
         with cpuset_controller_on_v2():
             cs = Actuator("cpuset", act.scope, act.state, cgroup_name=f"lbagent-t-{os.getpid()}")
-            assert cs.cpusets.version == 2 and cs.cpusets.root == cgroups.unified_root()
+            assert cs.cpusets.version == 2 and cs.cpusets.root == hostinfo.unified_root()
             _cpuset_place_and_restore(cs, proc)
     except CpusetV2Unavailable as exc:
         pytest.skip(str(exc))

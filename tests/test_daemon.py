@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lbagent.live import cgroups
+from lbagent import hostinfo
 
 from lbagent import spaces
 from lbagent.live.config import parse_config
@@ -25,7 +25,7 @@ from lbagent.errors import UserError
 from lbagent.live.probe.types import CpuSample, EventKind, Snapshot, TaskEvent
 from livehost import masks, sleepers, spawn_in, stop, v2_cgroup
 
-ALL = cgroups.online_cpus()
+ALL = hostinfo.online_cpus()
 
 
 def wait_for(condition, timeout: float = 5.0, what: str = "condition") -> None:
@@ -367,4 +367,4 @@ def test_demo_runs_the_same_workload_under_three_policies(tmp_path):
     assert len({r.tasks for r in rows}) == 1 and rows[0].tasks > 0
     assert all(0 < r.mean <= r.p99 for r in rows)
     assert json.loads((tmp_path / "demo.json").read_text())[1]["name"] == "heuristic (round_robin)"
-    assert not (cgroups.unified_root() / demo.DEMO_CGROUP).exists()
+    assert not (hostinfo.unified_root() / demo.DEMO_CGROUP).exists()

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from lbagent import hostinfo
 from lbagent.live.probe import bpf_unavailable_reason, open_probe
-from lbagent.live.probe.cpus import online_cpus
-from lbagent.live.probe.procfs import ProcfsProbe, cgroup2_mount, runnable_per_cpu
+from lbagent.live.probe.procfs import ProcfsProbe, runnable_per_cpu
 from lbagent.live.probe.types import EventKind, Scope
 
 pytestmark = pytest.mark.kernel
@@ -58,10 +58,10 @@ def busy_loops(placement: dict[int, int]):
 @pytest.fixture
 def cgroup():
     """A fresh cgroup v2 directory to put in-scope tasks in; removed afterwards."""
-    mount = cgroup2_mount()
+    mount = hostinfo.unified_root()
     if mount is None:
         pytest.skip("no cgroup v2 hierarchy mounted")
-    path = Path(mount) / f"lbagent-test-{os.getpid()}"
+    path = mount / f"lbagent-test-{os.getpid()}"
     path.mkdir()
     yield path
     for _ in range(50):
@@ -305,7 +305,7 @@ def test_cli_probe_json_lines():
     lines = [json.loads(line) for line in out]
     assert len(lines) == 3
     assert all(line["probe"] == "bpf" and line["lost"] == 0 for line in lines)
-    assert [c["cpu"] for c in lines[0]["cpus"]] == online_cpus()
+    assert [c["cpu"] for c in lines[0]["cpus"]] == sorted(hostinfo.online_cpus())
     assert all(set(c) == {"cpu", "runq", "util", "arrivals"} for line in lines for c in line["cpus"])
     assert lines[0]["t"] < lines[1]["t"] < lines[2]["t"]
 
@@ -330,7 +330,7 @@ def test_cli_record_live_trace_then_replay(cgroup, tmp_path):
     assert result.exit_code == 0, result.output
     assert "lost 0" in result.output
     trace = read_trace(out)
-    assert trace.header.source == "bpf" and len(trace.header.cpus) == len(online_cpus())
+    assert trace.header.source == "bpf" and len(trace.header.cpus) == len(hostinfo.online_cpus())
     arrivals = [e for e in trace.events if isinstance(e, Arrival)]
     exits = [e for e in trace.events if isinstance(e, Exit)]
     assert len(arrivals) == 3 and sorted(e.pid for e in exits) == sorted(e.pid for e in arrivals)
@@ -436,7 +436,7 @@ def test_import_fresh_perf_data_end_to_end(tracefs, tmp_path):
     exits = {e.pid: e for e in trace.events if isinstance(e, Exit)}
     assert len(ours) >= 3
     assert all(exits[a.pid].runtime > 0.001 and exits[a.pid].t > a.t for a in ours)
-    assert len(trace.header.cpus) == len(online_cpus())
+    assert len(trace.header.cpus) == len(hostinfo.online_cpus())
 
 
 def test_cli_probe_table_and_auto_choice_logged():
@@ -445,4 +445,4 @@ def test_cli_probe_table_and_auto_choice_logged():
     assert "using the bpf probe" in result.stderr
     for column in ("cpu", "runq", "util", "arrivals/s", "lbagent probe (bpf)"):
         assert column in result.stdout
-    assert sum(line.strip().startswith(("│", "|")) for line in result.stdout.splitlines()) >= len(online_cpus())
+    assert sum(line.strip().startswith(("│", "|")) for line in result.stdout.splitlines()) >= len(hostinfo.online_cpus())

@@ -8,8 +8,7 @@ import ctypes
 import pytest
 
 from lbagent.live.probe.bpf import COMM_LEN, _Cpu, _Event, _Shared, comm_key
-from lbagent.live.probe.cpus import parse_cpu_list
-from lbagent.live.probe.procfs import NS_PER_TICK, _state_and_cpu, parse_stat
+from lbagent.hostinfo import NS_PER_TICK, parse_cpulist, parse_stat, state_and_cpu
 
 
 def _stat(comm: str, state: str = "R", cpu: int = 3) -> str:
@@ -28,16 +27,16 @@ def test_parse_stat_survives_any_command_name(comm):
 
 
 @pytest.mark.parametrize("comm", ["sh", "a) R 1 (b"])
-def test_fast_scan_reads_state_and_cpu(tmp_path, comm):
+def test_fast_scan_readsstate_and_cpu(tmp_path, comm):
     path = tmp_path / "stat"
     path.write_text(_stat(comm, state="S", cpu=7))
-    assert _state_and_cpu(str(path)) == (b"S", 7)
-    assert _state_and_cpu(str(tmp_path / "gone")) is None
+    assert state_and_cpu(str(path)) == (b"S", 7)
+    assert state_and_cpu(str(tmp_path / "gone")) is None
 
 
 @pytest.mark.parametrize("text, cpus", [("0", [0]), ("0-3\n", [0, 1, 2, 3]), ("0-1,4,6-7", [0, 1, 4, 6, 7])])
 def test_parse_cpu_list(text, cpus):
-    assert parse_cpu_list(text) == cpus
+    assert parse_cpulist(text) == frozenset(cpus)
 
 
 def test_comm_key_matches_the_kernels_truncation():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from lbagent.live import cgroups
+from lbagent import hostinfo
 
 from lbagent.bench import taskgen
 from lbagent.bench.demo import DaemonProcess, demo_config
@@ -69,7 +69,7 @@ class Sampler(threading.Thread):
 def measure(rate: float, seconds: float, policy: str, probe: str) -> dict:
     if os.geteuid() != 0:
         raise UserError("bench daemon places real tasks: run it as root")
-    root = cgroups.unified_root()
+    root = hostinfo.unified_root()
     if root is None:
         raise UserError("bench daemon needs a cgroup v2 mount for its workload cgroup")
     tasks = [taskgen.Task(round(i / rate, 6), TASK_WORK, TASK_HOLD) for i in range(int(rate * seconds))]

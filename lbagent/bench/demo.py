@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lbagent.live import cgroups
+from lbagent import hostinfo
 
 from lbagent.bench import taskgen
 from lbagent.errors import UserError
@@ -129,7 +129,7 @@ def learned_available(spec: str) -> str | None:
 
 
 def run_row(name: str, policy: str | None, tasks: list[taskgen.Task], cg: Path, workdir: Path) -> Row:
-    noisy = taskgen.NoisyNeighbour(max(cgroups.online_cpus()))
+    noisy = taskgen.NoisyNeighbour(max(hostinfo.online_cpus()))
     daemon = None
     try:
         if policy is not None:
@@ -152,13 +152,13 @@ def main(seconds: float, seed: int, heuristic: str, learned: str, json_path: str
 
     if os.geteuid() != 0:
         raise UserError("the demo places real tasks and makes a cgroup: run it as root (sudo make demo)")
-    root = cgroups.unified_root()
+    root = hostinfo.unified_root()
     if root is None:
         raise UserError("the demo needs a cgroup v2 mount for its workload cgroup")
     console = Console()
     tasks = taskgen.make_schedule(seed, seconds, cpu_load=0.9)
     console.print(f"workload: {len(tasks)} tasks over {seconds:.0f} s (seed {seed}), "
-                  f"{sum(t.work for t in tasks):.1f} CPU-s, noisy neighbour on CPU {max(cgroups.online_cpus())}")
+                  f"{sum(t.work for t in tasks):.1f} CPU-s, noisy neighbour on CPU {max(hostinfo.online_cpus())}")
     plan = [("kernel alone", None), (f"heuristic ({heuristic})", heuristic), (f"learned ({learned})", learned)]
     rows: list[Row] = []
     cg = root / DEMO_CGROUP

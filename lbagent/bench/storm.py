@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from lbagent.live import cgroups
+from lbagent import hostinfo
 from lbagent.bench.daemon import RUNTIME_DIR, Sampler, free_port
 from lbagent.bench.demo import DaemonProcess, demo_config
 from lbagent.errors import UserError
@@ -63,7 +63,7 @@ class StormDaemon:
     def __init__(self, policy: str, probe: str, ring_bytes: int | None) -> None:
         if os.geteuid() != 0:
             raise UserError("bench storm/soak run a real daemon on real tasks: run as root")
-        root = cgroups.unified_root()
+        root = hostinfo.unified_root()
         if root is None:
             raise UserError("bench storm/soak need a cgroup v2 mount for the storm's cgroup")
         self.cgroup = root / STORM_CGROUP

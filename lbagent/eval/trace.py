@@ -318,9 +318,9 @@ def _parse_lines(path: Path, lines: Iterable[tuple[int, bytes]]) -> Trace:
 def host_header(source: str, start: float | None = None) -> Header:
     """This host's header: online CPUs with their relative capacities (1.0 unless the kernel
     publishes ``cpu_capacity``, as on big.LITTLE machines)."""
-    from lbagent.live.probe.cpus import online_cpus
+    from lbagent.hostinfo import online_cpus
 
-    cpus = online_cpus()
+    cpus = sorted(online_cpus())
     raw = []
     for cpu in cpus:
         capacity_file = Path(f"/sys/devices/system/cpu/cpu{cpu}/cpu_capacity")

@@ -19,51 +19,28 @@ from __future__ import annotations
 import errno
 import os
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
+from lbagent.hostinfo import (
+    PF_KTHREAD,
+    PF_NO_SETAFFINITY,
+    format_cpulist,
+    online_cpus,
+    read_task,
+    read_uid,
+    unified_root,
+    v1_cpuset_root,
+)
 from lbagent.live import cgroups
 from lbagent.live.config import ScopeConfig
 from lbagent.live.state import Placement, StateFile, StateFileError
 
-PF_KTHREAD = 0x00200000
-PF_NO_SETAFFINITY = 0x04000000
 ERROR_KINDS = {errno.ESRCH: "ESRCH", errno.EINVAL: "EINVAL", errno.EPERM: "EPERM"}
 MODES = ("affinity", "cpuset")
 
 
 class ActuatorError(RuntimeError):
     """The actuator cannot work at all on this host (e.g. cpuset mode without a cpuset controller)."""
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    pid: int
-    comm: str
-    flags: int
-    start: int
-    """Field 22 of /proc/PID/stat: clock ticks from boot to the task's start."""
-
-
-def read_task(pid: int) -> TaskInfo:
-    """Identity and flags of a task; ProcessLookupError when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode("utf-8", "replace")
-    except (FileNotFoundError, ProcessLookupError):
-        raise ProcessLookupError(pid) from None
-    # comm may contain spaces and parentheses: it ends at the *last* ')'.
-    rest = raw[raw.rindex(")") + 2 :].split()
-    return TaskInfo(pid, raw[raw.index("(") + 1 : raw.rindex(")")], int(rest[6]), int(rest[19]))
-
-
-def read_uid(pid: int) -> int:
-    """The real uid (the first of the four on the ``Uid:`` line)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("Uid:"):
-                return int(line.split()[1])
-    raise ProcessLookupError(pid)
 
 
 def thread_ids(pid: int) -> list[int]:
@@ -88,11 +65,11 @@ class CpusetBackend:
     """lbagent-owned cpusets, one leaf per distinct mask, under ``<cpuset root>/<name>``."""
 
     def __init__(self, name: str = "lbagent") -> None:
-        v2 = cgroups.unified_root()
+        v2 = unified_root()
         if cgroups.v2_has_cpuset(v2):
             self.version, self.root = 2, v2
         else:
-            v1 = cgroups.v1_cpuset_root()
+            v1 = v1_cpuset_root()
             if v1 is None:
                 raise ActuatorError("cpuset mode: no cpuset controller (neither on cgroup v2 nor a v1 mount)")
             self.version, self.root = 1, v1
@@ -111,12 +88,12 @@ class CpusetBackend:
                 self.base.mkdir(exist_ok=True)
                 _write(self.base / "cgroup.subtree_control", "+cpuset")
                 leaf.mkdir(exist_ok=True)
-                _write(leaf / "cpuset.cpus", cgroups.format_cpulist(cpus))
+                _write(leaf / "cpuset.cpus", format_cpulist(cpus))
             else:  # v1 needs cpus and mems on every level before a task may join
                 mems = (self.root / "cpuset.mems").read_text().strip()
                 for d, c in ((self.base, (self.root / "cpuset.cpus").read_text().strip()), (leaf, None)):
                     d.mkdir(exist_ok=True)
-                    _write(d / "cpuset.cpus", c or cgroups.format_cpulist(cpus))
+                    _write(d / "cpuset.cpus", c or format_cpulist(cpus))
                     _write(d / "cpuset.mems", mems)
             self._leaves[cpus] = leaf
         return self._leaves[cpus]
@@ -155,7 +132,7 @@ def _set_unclipped(tid: int, original: tuple[int, ...]) -> None:
     except OSError as e:
         if e.errno != errno.EINVAL:
             raise
-        os.sched_setaffinity(tid, cgroups.online_cpus())
+        os.sched_setaffinity(tid, online_cpus())
 
 
 def _write(path: Path, text: str) -> None:

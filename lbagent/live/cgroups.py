@@ -1,86 +1,17 @@
-"""Where the cgroup hierarchies are mounted and what a task's cpuset allows.
+"""A task's cgroups and what its cpuset allows.
 
 Hosts differ: a modern box has cgroup v2 with the cpuset controller at /sys/fs/cgroup, a hybrid one
-(like the CI hosts) keeps cpuset on a v1 mount and v2 at /sys/fs/cgroup/unified. Everything that
-needs a path asks here instead of assuming one.
+(like the CI hosts) keeps cpuset on a v1 mount and v2 at /sys/fs/cgroup/unified. The mounts come
+from :mod:`lbagent.hostinfo`; this module knows which of them holds a task's cpuset.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import select
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-
-def parse_cpulist(text: str) -> frozenset[int]:
-    """``"0-2,5"`` -> {0, 1, 2, 5}; the format of cpuset files and /sys/devices/system/cpu/online."""
-    cpus: set[int] = set()
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        cpus.update(range(int(lo), int(hi or lo) + 1))
-    return frozenset(cpus)
-
-
-def format_cpulist(cpus) -> str:
-    return ",".join(str(c) for c in sorted(cpus))
-
-
-@dataclass(frozen=True)
-class Mount:
-    point: Path
-    fstype: str
-    options: frozenset[str]
-
-
-def mounts() -> list[Mount]:
-    """Parsed /proc/self/mountinfo, re-read only after the kernel reports a change.
-
-    It is consulted on every placement; the kernel flags POLLPRI on an open mountinfo whenever the
-    mount table changes, so a zero-timeout poll tells whether the cached table is still right.
-    """
-    if _cache.fd is None:
-        _cache.fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
-        _cache.poller.register(_cache.fd, select.POLLPRI | select.POLLERR)
-        _cache.poller.poll(0)
-    elif not _cache.poller.poll(0) and _cache.table:
-        return _cache.table
-    chunks, offset = [], 0
-    while chunk := os.pread(_cache.fd, 1 << 16, offset):
-        chunks.append(chunk)
-        offset += len(chunk)
-    _cache.table = [_mount(line) for line in b"".join(chunks).decode().splitlines()]
-    return _cache.table
-
-
-class _MountCache:
-    def __init__(self) -> None:
-        self.fd: int | None = None
-        self.poller = select.poll()
-        self.table: list[Mount] = []
-
-
-_cache = _MountCache()
-
-
-def _mount(line: str) -> Mount:
-    left, _, right = line.partition(" - ")
-    fields, rfields = left.split(), right.split()
-    point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])  # "\040" is a space
-    return Mount(Path(point), rfields[0], frozenset(rfields[2].split(",")))
-
-
-def unified_root(table: list[Mount] | None = None) -> Path | None:
-    """The cgroup v2 mount, or None on a v1-only host."""
-    return next((m.point for m in table or mounts() if m.fstype == "cgroup2"), None)
-
-
-def v1_cpuset_root(table: list[Mount] | None = None) -> Path | None:
-    return next((m.point for m in table or mounts() if m.fstype == "cgroup" and "cpuset" in m.options), None)
+from lbagent.hostinfo import mounts, online_cpus, parse_cpulist, unified_root, v1_cpuset_root
 
 
 def v2_has_cpuset(root: Path | None) -> bool:
@@ -107,18 +38,9 @@ def task_cgroups(pid: int) -> dict[str, str]:
     return out
 
 
-def task_v2_path(pid: int) -> str:
-    """The task's cgroup v2 path (the ``0::`` line), e.g. ``/lbagent-demo``."""
-    return task_cgroups(pid).get("", "/")
-
-
 def cgroup_id(root: Path, path: str) -> int:
     """The id the kernel (and BPF's ``bpf_get_current_cgroup_id``) uses: the directory's inode."""
     return os.stat(root / path.lstrip("/")).st_ino
-
-
-def online_cpus() -> frozenset[int]:
-    return parse_cpulist(Path("/sys/devices/system/cpu/online").read_text())
 
 
 EFFECTIVE_TTL = 1.0

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lbagent import hostinfo
 from lbagent.live import cgroups
 
 from lbagent import spaces
@@ -451,7 +452,7 @@ def resolve_scope(config: Config) -> Scope:
     """The probe's scope: cgroup paths become the ids the kernel reports; a missing one is an error."""
     ids = set()
     if config.scope.cgroups:
-        root = cgroups.unified_root()
+        root = hostinfo.unified_root()
         if root is None:
             raise ConfigError(f"{config.source}: scope.cgroups: this host has no cgroup v2 mount")
         for path in config.scope.cgroups:

@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from lbagent.live.probe.cpus import online_cpus
+from lbagent.hostinfo import online_cpus
 from lbagent.live.probe.libbpf import BPF_NOEXIST, BpfObject, LibbpfError, RingBuffer
 from lbagent.live.probe.types import CpuSample, EventKind, Scope, Snapshot, TaskEvent
 
@@ -90,7 +90,7 @@ class BpfProbe:
         except BaseException:
             self.close()
             raise
-        self.cpus = online_cpus()
+        self.cpus = sorted(online_cpus())
         self._prime_cpus()
         self._prev_t, self._prev = self._totals()
 

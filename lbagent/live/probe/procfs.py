@@ -18,7 +18,7 @@ import select
 import time
 from collections import Counter
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from pyroute2.netlink import NLMSG_DONE
@@ -31,105 +31,38 @@ from pyroute2.netlink.connector.cn_proc import (
     proc_event_control,
 )
 
-from lbagent.live.probe.cpus import online_cpus
+from lbagent.hostinfo import (
+    PF_KTHREAD,
+    PROC,
+    TaskInfo,
+    online_cpus,
+    read_task,
+    read_uid,
+    state_and_cpu,
+    unified_root,
+)
+from lbagent.live.cgroups import task_cgroups
 from lbagent.live.probe.netlink import MulticastListener
 from lbagent.live.probe.taskstats import TaskExitStats
 from lbagent.live.probe.types import CpuSample, EventKind, Scope, Snapshot, TaskEvent
 
 NETLINK_CONNECTOR = 11
-PF_KTHREAD = 0x00200000
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-NS_PER_TICK = 1_000_000_000 // CLK_TCK
-PROC = Path("/proc")
 log = logging.getLogger("lbagent.live.probe")
 
 
-@dataclass(frozen=True)
-class TaskInfo:
-    """What /proc says about one task: enough to check the scope and to describe an event."""
-
-    pid: int
-    comm: str
-    state: str
-    flags: int
-    cputime_ns: int
-    """utime + stime of the whole process (clock-tick resolution)."""
-    start_ns: int
-    """Start time since boot, ns (field 22), the clock the BPF probe's ``start_ns`` uses."""
-    cpu: int
-    uid: int = -1
-    """Real uid: not in the stat line, filled in from /proc/PID/status when a task arrives."""
-
-
-def parse_stat(text: str) -> TaskInfo:
-    """Parse ``/proc/PID/stat``; the command name may contain spaces and parentheses."""
-    left, right = text.index("("), text.rindex(")")
-    fields = text[right + 2 :].split()
-    return TaskInfo(
-        pid=int(text[:left]),
-        comm=text[left + 1 : right],
-        state=fields[0],
-        flags=int(fields[6]),
-        cputime_ns=(int(fields[11]) + int(fields[12])) * NS_PER_TICK,
-        start_ns=int(fields[19]) * NS_PER_TICK,
-        cpu=int(fields[36]),
-    )
-
-
-def read_stat(path: str | Path) -> TaskInfo | None:
-    """None when the task is gone (the usual race with short tasks, not an error)."""
-    try:
-        with open(path) as f:
-            return parse_stat(f.read())
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-
-
-def cgroup2_mount() -> str | None:
-    for line in (PROC / "self/mounts").read_text().splitlines():
-        parts = line.split()
-        if len(parts) > 2 and parts[2] == "cgroup2":
-            return parts[1]
-    return None
-
-
-def cgroup_ids(pid: int, mount: str | None) -> list[int]:
+def cgroup_ids(pid: int, mount: Path | None) -> list[int]:
     """The v2 cgroup ids (directory inodes, as the BPF side reads kn->id) of a process's cgroup
     and its ancestors, root first, its own last; [0] without a v2 hierarchy."""
     if mount is None:
         return [0]
-    for line in (PROC / str(pid) / "cgroup").read_text().splitlines():
-        if line.startswith("0::"):
-            path, ids = Path(mount), [os.stat(mount).st_ino]
-            for part in Path(line[3:].strip()).parts[1:]:
-                path = path / part
-                ids.append(os.stat(path).st_ino)
-            return ids
-    return [0]
-
-
-def real_uid(pid: int) -> int:
-    for line in (PROC / str(pid) / "status").read_text().splitlines():
-        if line.startswith("Uid:"):
-            return int(line.split()[1])
-    return -1
-
-
-def _state_and_cpu(path: str) -> tuple[bytes, int] | None:
-    """State letter and last CPU from a stat file, read raw: this runs for every thread of the
-    host at each sample, so it skips text decoding and the full parse."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    try:
-        data = os.read(fd, 1024)
-    except ProcessLookupError:
-        return None
-    finally:
-        os.close(fd)
-    fields = data[data.rfind(b")") + 2 :].split(maxsplit=37)
-    return (fields[0], int(fields[36])) if len(fields) > 36 else None
+    own = task_cgroups(pid).get("")
+    if own is None:
+        return [0]
+    path, ids = mount, [os.stat(mount).st_ino]
+    for part in Path(own.strip()).parts[1:]:
+        path = path / part
+        ids.append(os.stat(path).st_ino)
+    return ids
 
 
 def runnable_per_cpu(exclude: Collection[int] = ()) -> Counter[int]:
@@ -143,7 +76,7 @@ def runnable_per_cpu(exclude: Collection[int] = ()) -> Counter[int]:
         except (FileNotFoundError, ProcessLookupError):
             continue
         for tid in tids:
-            found = _state_and_cpu(f"/proc/{proc.name}/task/{tid}/stat")
+            found = state_and_cpu(f"/proc/{proc.name}/task/{tid}/stat")
             if found is not None and found[0] == b"R":
                 counts[found[1]] += 1
     return counts
@@ -202,7 +135,7 @@ class ProcfsProbe:
 
     def __init__(self, scope: Scope, sample_interval: float = 0.1, max_scan_share: float = 0.2):
         self.scope = scope
-        self.cpus = online_cpus()
+        self.cpus = sorted(online_cpus())
         self.sample_interval = sample_interval
         self.max_scan_share = max_scan_share
         """Scans may take at most this share of the time: on a host with thousands of threads
@@ -210,7 +143,7 @@ class ProcfsProbe:
         self.last_samples: list[Counter[int]] = []
         """The scans the last snapshot averaged: its runq is a sampled mean, this is its precision."""
         self._self = os.getpid()
-        self._cgroup_mount = cgroup2_mount()
+        self._cgroup_mount = unified_root()
         self._connector = ProcConnector()
         try:
             self._exit_stats: TaskExitStats | None = TaskExitStats(self.cpus)
@@ -232,17 +165,15 @@ class ProcfsProbe:
 
     def _info_in_scope(self, pid: int) -> TaskInfo | None:
         """The task's /proc view when it is in scope; None when out of scope; raises
-        FileNotFoundError when it is already gone."""
-        info = read_stat(PROC / str(pid) / "stat")
-        if info is None:
-            raise FileNotFoundError(pid)
+        ProcessLookupError when it is already gone."""
+        info = read_task(pid)
         if info.flags & PF_KTHREAD:
             return None
         cgroup = 0
         if self.scope.cgroup_ids:  # a scope cgroup covers its subtree, as on the BPF side
             ids = cgroup_ids(pid, self._cgroup_mount)
             cgroup = next((i for i in ids if i in self.scope.cgroup_ids), ids[-1])
-        info = replace(info, uid=real_uid(pid))
+        info = replace(info, uid=read_uid(pid))
         return info if self.scope.matches(cgroup, info.comm, info.uid) else None
 
     def _maybe_arrive(self, tgid: int, cpu: int, ts_ns: int, parent: int = 0) -> TaskEvent | None:
@@ -263,7 +194,7 @@ class ProcfsProbe:
         if info is None:
             return None
         if pid != tgid:
-            info = replace(info, pid=tgid, start_ns=0, cputime_ns=0)
+            info = replace(info, pid=tgid, start=0, cputime_ns=0)
         self._tracked[tgid] = info
         return self._event(EventKind.ARRIVAL, tgid, cpu, ts_ns, info)
 
@@ -289,8 +220,10 @@ class ProcfsProbe:
             tgid = msg["process_tgid"]
             if tgid in self._tracked:
                 seen = replace(self._tracked.pop(tgid), cputime_ns=0)
-                zombie = read_stat(PROC / str(tgid) / "stat")  # if its parent has not reaped it yet
-                info = replace(zombie, uid=seen.uid) if zombie else seen
+                try:  # the zombie's own figures, if its parent has not reaped it yet
+                    info = replace(read_task(tgid), uid=seen.uid)
+                except ProcessLookupError:
+                    info = seen
                 runtime = self._exit_stats.runtime_ns(tgid) if self._exit_stats else None
                 if runtime is not None:
                     info = replace(info, cputime_ns=runtime)
