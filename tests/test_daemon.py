@@ -97,7 +97,7 @@ def test_host_view_builds_the_contracts_observation():
 def test_daemon_never_imports_torch_the_simulator_or_the_agent():
     code = (
         "import sys, lbagent.cli, lbagent.live.daemon, lbagent.live.probe.bpf, lbagent.live.probe.procfs, lbagent.policy.files\n"
-        "from lbagent.live.daemon import resolve_policy\nresolve_policy('sed')\n"
+        "from lbagent.policy import resolve_policy\nresolve_policy('sed')\n"
         "print([m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith(('lbagent.agent', 'lbagent.sim', 'sim'))])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -110,3 +110,30 @@ def test_every_named_heuristic_exists_and_unknown_names_are_refused():
         assert make_heuristic(name).name == name
     with pytest.raises(KeyError, match="known: random"):
         make_heuristic("fastest")
+
+
+def test_every_policy_a_spec_names_says_where_it_came_from():
+    """``resolve_policy`` is the one reader of a ``--policy`` spec; whatever it returns answers
+    ``metadata`` (the Policy protocol), so callers need not know heuristics from policy files."""
+    from lbagent.errors import UserError
+    from lbagent.policy import resolve_policy
+    from lbagent.spaces import CONTRACT_VERSION
+
+    for name in HEURISTICS:
+        assert dict(resolve_policy(name, seed=3).metadata) == {"algorithm": "heuristic", "name": name}
+    shipped = resolve_policy("default")
+    assert shipped.metadata["algorithm"] == "dreamer" and shipped.metadata["contract_version"] == CONTRACT_VERSION
+    with pytest.raises(UserError, match="no shipped policy named 'nope'"):
+        resolve_policy("nope")
+
+
+@pytest.mark.parametrize("spec", ["sed", "round_robin", "default"])
+def test_decision_latency_is_measured_for_any_policy(spec):
+    """The latency bench hands the policy a real observation, so heuristics (which read the raw
+    quantities, not the encoded vector) can be timed beside learned policies."""
+    from lbagent.policy import resolve_policy
+    from lbagent.policy.latency import measure_latency
+
+    figures = measure_latency(resolve_policy(spec), decisions=100, warmup=5)
+    assert figures["policy"] == spec and figures["decisions"] == 100
+    assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"] < 1000

@@ -29,6 +29,7 @@ from lbagent.agent.dreamer import DreamerAgent
 from lbagent.agent.replay_buffer import SequenceReplay
 from lbagent.agent.teacher import Teacher, bc_weight, teacher_rows
 from lbagent.blas import limit_blas_threads
+from lbagent.policy import Policy
 from lbagent.policy.numpy_actor import DreamerActor
 
 EVAL_SEED = 900_000
@@ -97,7 +98,7 @@ def make_suite_env(suite_name: str, num_envs: int, seed: int):
     return make_vector_env(suite.scenarios[0], num_envs=num_envs, seed=seed)
 
 
-def evaluate_actor(policy, suite_name: str, episodes: int, seed: int = EVAL_SEED, scenarios=None) -> dict:
+def evaluate_actor(policy: Policy, suite_name: str, episodes: int, seed: int = EVAL_SEED, scenarios=None) -> dict:
     """Mean job completion time of a policy on held-out seeds: every scenario of the suite (or the
     given ones), one trial per row, the same episodes for every policy (the ``lbagent eval`` protocol)."""
     from lbagent.eval.evaluate import run_suite, summarize

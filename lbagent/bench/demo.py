@@ -119,7 +119,7 @@ def demo_config(scope_path: str, state_file: Path, metrics: str | None = None, *
 
 def learned_available(spec: str) -> str | None:
     """None when the learned policy loads, else why not (the row is then skipped, and says so)."""
-    from lbagent.live.daemon import resolve_policy
+    from lbagent.policy import resolve_policy
 
     try:
         resolve_policy(spec)

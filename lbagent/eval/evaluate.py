@@ -16,7 +16,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from lbagent.policy.heuristics import HEURISTICS, UnsupportedPolicy, make_heuristic
+from lbagent.policy import Policy, resolve_policy
+from lbagent.policy.heuristics import HEURISTICS, UnsupportedPolicy
 from lbagent.sim.base import EpisodeStats
 
 ProgressHook = Callable[[int], None]
@@ -54,16 +55,7 @@ class EvalReport:
         }
 
 
-def resolve_policy(spec: str, seed: int):
-    """A heuristic name, a shipped policy name, or a policy file path."""
-    if spec in HEURISTICS:
-        return make_heuristic(spec, seed)
-    from lbagent.policy.files import load_policy
-
-    return load_policy(spec)
-
-
-def run_trials(policy, make_env, num_envs: int, episodes_per_env: int, seed: int,
+def run_trials(policy: Policy, make_env, num_envs: int, episodes_per_env: int, seed: int,
                on_episode: ProgressHook | None = None) -> list[list[EpisodeStats]]:
     """Drive ``num_envs`` envs until each finished ``episodes_per_env`` episodes; stats per env.
 
@@ -105,7 +97,7 @@ def summarize(name: str, per_scenario: dict[str, list[EpisodeStats]]) -> PolicyR
     )
 
 
-def run_suite(policy, suite, episodes: int, seed: int, scenarios=None,
+def run_suite(policy: Policy, suite, episodes: int, seed: int, scenarios=None,
               on_episode: ProgressHook | None = None,
               host_options: Mapping[str, object] | None = None) -> dict[str, list[EpisodeStats]]:
     """The first ``episodes`` episodes of every scenario (trial-major), seeded ``seed + 1000 j``

@@ -17,19 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
+from lbagent.policy import Policy, resolve_policy
+
 ADAPT_SEED = 700_000
 """Base seed of the adaptation runs (disjoint from training and ``EVAL_SEED``)."""
 
 
-def _variants(spec: str) -> list[tuple[str, object]]:
+def _variants(spec: str) -> list[tuple[str, Policy]]:
     """(label, policy) pairs to run for one spec: both memory modes for a recurrent policy."""
-    from lbagent.eval.evaluate import resolve_policy
-    from lbagent.policy.heuristics import HEURISTICS
     from lbagent.policy.files import load_policy
 
-    if spec in HEURISTICS:
-        return [(spec, resolve_policy(spec, ADAPT_SEED))]
-    policy = load_policy(spec)
+    policy = resolve_policy(spec, ADAPT_SEED)
     if policy.metadata["algorithm"] != "dreamer":
         return [(spec, policy)]
     return [(f"{spec} (carried memory)", policy),
@@ -81,7 +79,7 @@ def forgetting(algo: str, preset_name: str, suite_name: str, scenario_a: str, sc
     def env_of(scenario):
         return make_vector_env(scenario, num_envs=num_envs, seed=seed)
 
-    def score(policy) -> float:
+    def score(policy: Policy) -> float:
         return evaluate_actor(policy, suite_name, episodes, scenarios=[a])["mean_jct"]
 
     if algo == "dreamer":

@@ -22,10 +22,10 @@ from lbagent.eval.evaluate import (
     PolicyResult,
     ProgressHook,
     add_ratios,
-    resolve_policy,
     run_trials,
     summarize,
 )
+from lbagent.policy import resolve_policy
 from lbagent.policy.heuristics import HEURISTICS, UnsupportedPolicy
 from lbagent.eval.trace import Trace
 

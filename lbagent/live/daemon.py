@@ -35,6 +35,7 @@ from lbagent.live.metrics import Metrics, MetricsServer
 from lbagent.live.notify import Notifier
 from lbagent.live.probe.types import EventKind, Scope, Snapshot, TaskEvent
 from lbagent.live.state import StateFile, StateFileError
+from lbagent.policy import Policy, resolve_policy
 from lbagent.hostinfo import read_cpus
 
 log = logging.getLogger("lbagent.live.daemon")
@@ -75,15 +76,6 @@ def _info(msg: str, **fields) -> None:
 
 def _warn(msg: str, **fields) -> None:
     log.warning(msg, extra={"fields": fields})
-
-
-# --------------------------------------------------------------------------------- policies
-def resolve_policy(spec: str, seed: int = 0):
-    """A heuristic name, a shipped policy name or a policy file (numpy only); a bad one is a UserError."""
-    from lbagent.policy.files import load_policy
-    from lbagent.policy.heuristics import HEURISTICS, make_heuristic
-
-    return make_heuristic(spec, seed) if spec in HEURISTICS else load_policy(spec)
 
 
 # --------------------------------------------------------------------------------- bookkeeping
@@ -211,7 +203,7 @@ class Daemon:
         *,
         config_path: str | None = None,
         overrides: dict | None = None,
-        policy=None,
+        policy: Policy | None = None,
         notifier: Notifier | None = None,
     ) -> None:
         self.config, self.config_path, self.overrides = config, config_path, overrides or {}

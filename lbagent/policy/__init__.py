@@ -6,7 +6,8 @@ B decisions, so the simulator's vector envs, ``lbagent eval`` and the daemon (B 
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -16,6 +17,11 @@ from lbagent.spaces import RawObservation
 class Policy(Protocol):
     name: str
 
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """Where the policy came from: a policy file's recorded metadata (``algorithm``, ``preset``,
+        ``seed``, ``command``, ``evaluation``...); a heuristic says only ``algorithm: heuristic``."""
+
     def begin_trial(self, batch: int, seed: int) -> None:
         """Start a trial: forget all per-environment memory (RL² hidden state, round-robin index)."""
 
@@ -24,3 +30,14 @@ class Policy(Protocol):
 
     def observe(self, reward: np.ndarray, episode_start: np.ndarray) -> None:
         """Feedback after the step: per-row reward and whether that row's next decision opens an episode."""
+
+
+def resolve_policy(spec: str, seed: int = 0) -> Policy:
+    """What every ``--policy`` and the config's ``policy`` accept: a heuristic name, a shipped
+    policy name or a policy file (numpy only). A bad one is a UserError naming it.
+
+    ``seed`` seeds a randomized heuristic; learned policies are seeded by ``begin_trial``."""
+    from lbagent.policy.files import load_policy
+    from lbagent.policy.heuristics import HEURISTICS, make_heuristic
+
+    return make_heuristic(spec, seed) if spec in HEURISTICS else load_policy(spec)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lbagent.errors import UserError
+from lbagent.policy import Policy
 from lbagent.spaces import CONTRACT_VERSION, MAX_SLOTS, N_ACTIONS, OBS_DIM
 
 FORMAT = "lbagent-policy"
@@ -118,7 +119,7 @@ def _check_metadata(path: Path, meta: dict) -> None:
         raise PolicyFileError(f"{path}: metadata lacks the 'arch' table")
 
 
-def load_policy(name_or_path: str | os.PathLike, greedy: bool | None = None, reset_each_episode: bool = False):
+def load_policy(name_or_path: str | os.PathLike, greedy: bool | None = None, reset_each_episode: bool = False) -> Policy:
     """A ready :class:`lbagent.policy.Policy` from a shipped name or a file, in numpy.
 
     ``greedy=None`` acts as the file says (``arch.greedy``, recorded by the trainer); a sampling
@@ -128,6 +129,7 @@ def load_policy(name_or_path: str | os.PathLike, greedy: bool | None = None, res
     weights, meta = read_policy_file(name_or_path)
     path = resolve_path(name_or_path)
     name = Path(str(name_or_path)).stem if os.sep in str(name_or_path) else str(name_or_path)
+    policy: DreamerActor | MlpActor
     try:
         if meta["algorithm"] == "dreamer":
             greedy = bool(meta["arch"].get("greedy", False)) if greedy is None else greedy

@@ -8,10 +8,12 @@ as ``np.argmin`` (and Park's own least-load baseline) does.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Mapping
+from typing import Any, Callable
 
 import numpy as np
 
+from lbagent.policy import Policy
 from lbagent.spaces import KERNEL, RawObservation
 
 HEURISTICS: tuple[str, ...] = ("random", "round_robin", "jsq", "lwl", "sed", "po2", "kernel")
@@ -45,6 +47,11 @@ class _Heuristic:
     """Heuristics learn nothing from rewards and, unless they say otherwise, keep no memory."""
 
     name: str
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """No file behind it: only what it is, so callers can ask any policy the same question."""
+        return {"algorithm": "heuristic", "name": self.name}
 
     def begin_trial(self, batch: int, seed: int) -> None:
         pass
@@ -138,9 +145,9 @@ class UnsupportedPolicy(RuntimeError):
     """A policy that has no meaning under the given dynamics (e.g. ``kernel`` on park)."""
 
 
-def make_heuristic(name: str, seed: int = 0):
+def make_heuristic(name: str, seed: int = 0) -> Policy:
     """A fresh heuristic policy by name (see :data:`HEURISTICS`)."""
-    factories: dict[str, Callable[[], object]] = {
+    factories: dict[str, Callable[[], Policy]] = {
         "random": lambda: RandomSlot(seed),
         "round_robin": RoundRobin,
         "jsq": lambda: _Stateless("jsq", _jsq_score),

@@ -9,6 +9,8 @@ to 1e-5. :class:`MlpActor` runs stable-baselines3's A2C policy network (tanh MLP
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from lbagent.spaces import N_ACTIONS, RawObservation
@@ -116,6 +118,8 @@ class DreamerActor:
     def __init__(self, weights: Weights, arch: dict, name: str = "dreamer", greedy: bool = True,
                  reset_each_episode: bool = False):
         self.name = name
+        self.metadata: dict[str, Any] = {"algorithm": "dreamer", "arch": arch}
+        """What a policy file records; :func:`~lbagent.policy.files.load_policy` puts the file's here."""
         self.greedy = greedy
         self.reset_each_episode = reset_each_episode
         self.eps = float(arch["ln_eps"])
@@ -212,6 +216,7 @@ class MlpActor:
 
     def __init__(self, weights: Weights, arch: dict, name: str = "a2c"):
         self.name = name
+        self.metadata: dict[str, Any] = {"algorithm": "a2c", "arch": arch}
         n = int(arch["layers"])
         w = {k: np.asarray(v, dtype=DTYPE) for k, v in weights.items()}
         self.layers = [(w[f"pi.{i}.weight"].T, w[f"pi.{i}.bias"]) for i in range(n)]
