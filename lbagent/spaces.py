@@ -31,9 +31,12 @@ Observation layout (float32, length :data:`OBS_DIM`)::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from gymnasium.spaces import Box, Discrete
 
 CONTRACT_VERSION = 1
 """Bumped whenever the layout, the action space or the reward changes meaning."""
@@ -263,6 +266,17 @@ def encode(raw: RawObservation) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------
 # Action
+
+
+def gym_spaces() -> tuple[Box, Discrete]:
+    """The observation and action spaces as gymnasium objects, for the simulator and the trainers.
+
+    New objects on every call (each space carries its own sampling RNG). gymnasium is imported
+    here and not with the module: the daemon's install has no gymnasium and never calls this.
+    """
+    from gymnasium.spaces import Box, Discrete
+
+    return Box(-np.inf, np.inf, (OBS_DIM,), np.float32), Discrete(N_ACTIONS)
 
 
 def action_mask(raw: RawObservation) -> np.ndarray:

@@ -127,3 +127,21 @@ def test_take_selects_rows():
     raw.task_work[:] = [1, 2, 3]
     sub = raw.take(np.array([0, 2]))
     assert sub.batch == 2 and sub.task_work.tolist() == [1, 3]
+
+
+def test_gym_spaces_hold_every_encoded_observation_and_action():
+    obs_space, action_space = spaces.gym_spaces()
+    assert obs_space.shape == (OBS_DIM,) and obs_space.dtype == np.float32
+    assert all(obs_space.contains(row) for row in encode(make_raw()))
+    assert action_space.n == N_ACTIONS and action_space.contains(KERNEL) and not action_space.contains(N_ACTIONS)
+    assert spaces.gym_spaces()[1] is not action_space  # fresh objects: each space has its own sampling RNG
+
+
+def test_the_contract_module_does_not_import_gymnasium():
+    """The daemon's install has no gymnasium: the spaces are built only when asked for."""
+    import subprocess
+    import sys
+
+    code = "import sys, lbagent.spaces; print('gymnasium' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

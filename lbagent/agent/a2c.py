@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
@@ -23,7 +22,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from lbagent.agent.train import EVAL_SEED, PRESETS, _progress, current_command, evaluate_actor, make_suite_env
 from lbagent.policy.numpy_actor import MlpActor, remap_masked_actions
-from lbagent.spaces import N_ACTIONS, OBS_DIM
+from lbagent.spaces import N_ACTIONS, gym_spaces
 
 
 class ContractVecEnv(VecEnv):
@@ -32,11 +31,7 @@ class ContractVecEnv(VecEnv):
     render_mode = None
 
     def __init__(self, env, num_envs: int):
-        super().__init__(
-            num_envs,
-            gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32),
-            gym.spaces.Discrete(N_ACTIONS),
-        )
+        super().__init__(num_envs, *gym_spaces())
         self.env = env
         self._seed = 0
         self._actions = np.zeros(num_envs, np.int64)

@@ -133,8 +133,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.width = self.space.max_cpus
         if not 1 <= self.width <= spaces.MAX_SLOTS:
             raise ValueError(f"host dynamics need 1 to {spaces.MAX_SLOTS} CPUs, got {self.width}")
-        self.single_observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (spaces.OBS_DIM,), np.float32)
-        self.single_action_space = gymnasium.spaces.Discrete(spaces.N_ACTIONS)
+        self.single_observation_space, self.single_action_space = spaces.gym_spaces()
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._seed = seed

@@ -319,8 +319,7 @@ class ParkContractVectorEnv(_ParkVector):
         super().__init__(num_envs, seed, params)
         self.episodes_per_trial = episodes_per_trial
         self.time_unit = float(time_unit)
-        self.single_observation_space = gspaces.Box(-np.inf, np.inf, (spaces.OBS_DIM,), np.float32)
-        self.single_action_space = gspaces.Discrete(spaces.N_ACTIONS)
+        self.single_observation_space, self.single_action_space = spaces.gym_spaces()
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         B, S = num_envs, params.num_servers

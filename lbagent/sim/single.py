@@ -30,8 +30,7 @@ class ContractEnv(gymnasium.Env):
         if vector_env.num_envs != 1:
             raise ValueError(f"ContractEnv wraps a vector env with num_envs=1, got {vector_env.num_envs}")
         self.vector_env = vector_env
-        self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (spaces.OBS_DIM,), np.float32)
-        self.action_space = gymnasium.spaces.Discrete(spaces.N_ACTIONS)
+        self.observation_space, self.action_space = spaces.gym_spaces()
         self._pending: tuple[np.ndarray, dict[str, Any]] | None = None
         self._mask = np.zeros(spaces.N_ACTIONS, dtype=bool)
 
