@@ -77,3 +77,24 @@ def test_cli_exits_2_with_one_line_and_touches_nothing(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == f"lbagent: error: {bad}: daemon.mode: must be one of affinity, cpuset, got 'pin'"
     assert list(tmp_path.iterdir()) == [bad]
+
+
+def test_every_probe_option_and_the_actuator_offer_the_configs_choices(tmp_path):
+    """One vocabulary: what a config may say is what every ``--probe`` accepts and what the
+    actuator runs, so a choice added in one place cannot be refused (or missed) by another."""
+    import click
+
+    from lbagent.cli import main
+    from lbagent.live.actuate import Actuator, ActuatorError
+    from lbagent.live.config import MODES, PROBES, ScopeConfig
+    from lbagent.live.state import StateFile
+
+    def commands(group: click.Group):
+        for cmd in group.commands.values():
+            yield from commands(cmd) if isinstance(cmd, click.Group) else [cmd]
+
+    probe_options = [p for c in commands(main) for p in c.params if p.name in ("probe", "kind") and "--probe" in p.opts]
+    assert len(probe_options) >= 6
+    assert all(tuple(p.type.choices) == PROBES for p in probe_options)
+    with pytest.raises(ActuatorError, match=f"known: {', '.join(MODES)}"):
+        Actuator("pin", ScopeConfig(comms=("x",)), StateFile(tmp_path / "state.json"))

@@ -131,7 +131,7 @@ def bench_sim(dynamics: str | None, repeats: int, scale: float, as_json: bool) -
 @click.option("--rate", default=500.0, show_default=True, type=click.FloatRange(1, 5000), help="Arrivals per second.")
 @click.option("--seconds", default=10.0, show_default=True, type=click.FloatRange(1, 600))
 @click.option("--policy", default="sed", show_default=True)
-@click.option("--probe", default="auto", show_default=True, type=click.Choice(["auto", "bpf", "procfs"]))
+@click.option("--probe", default="auto", show_default=True, type=PROBE_CHOICE)
 @click.option("--json", "as_json", is_flag=True)
 def bench_daemon(rate: float, seconds: float, policy: str, probe: str, as_json: bool) -> None:
     """Arrival-to-affinity latency, daemon CPU and RSS, start-to-READY time of a real `lbagent run`.

@@ -7,9 +7,9 @@ import sys
 import click
 
 from lbagent.errors import UserError
+from lbagent.live.config import PROBES
 
-
-PROBE_CHOICE = click.Choice(["auto", "bpf", "procfs"])
+PROBE_CHOICE = click.Choice(PROBES)
 
 
 class Group(click.Group):

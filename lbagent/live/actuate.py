@@ -32,11 +32,10 @@ from lbagent.hostinfo import (
     v1_cpuset_root,
 )
 from lbagent.live import cgroups
-from lbagent.live.config import ScopeConfig
+from lbagent.live.config import MODES, ScopeConfig
 from lbagent.live.state import Placement, StateFile, StateFileError
 
 ERROR_KINDS = {errno.ESRCH: "ESRCH", errno.EINVAL: "EINVAL", errno.EPERM: "EPERM"}
-MODES = ("affinity", "cpuset")
 
 
 class ActuatorError(RuntimeError):

@@ -16,7 +16,9 @@ from typing import Any
 from lbagent.errors import UserError
 
 MODES = ("affinity", "cpuset")
+"""How the actuator places a task: ``sched_setaffinity`` per thread, or an lbagent-owned cpuset."""
 PROBES = ("auto", "bpf", "procfs")
+"""Which probe the daemon and the probe commands open; ``auto`` is bpf, else procfs."""
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_METRICS_PORT = 9469
 MAX_CONFIG_BYTES = 1 << 20

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lbagent.errors import UserError
+from lbagent.live.config import MODES
 
 FORMAT = "lbagent-state"
 VERSION = 1
@@ -166,8 +167,8 @@ def _placement(e: object, where: str) -> Placement:
     if tgid <= 1 or start < 0:
         raise StateFileError(f"{where}: tgid {tgid} / start {start} out of range")
     mode = need("mode", str)
-    if mode not in ("affinity", "cpuset"):
-        raise StateFileError(f"{where}: 'mode' must be affinity or cpuset, got {mode!r}")
+    if mode not in MODES:
+        raise StateFileError(f"{where}: 'mode' must be {' or '.join(MODES)}, got {mode!r}")
     raw_orig = need("originals", dict)
     originals = {}
     for t, m in raw_orig.items():

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Protocol
 
 from lbagent.errors import UserError
+from lbagent.live.config import PROBES
 from lbagent.live.probe.types import Scope, Snapshot, TaskEvent
 
 BTF_VMLINUX = Path("/sys/kernel/btf/vmlinux")
-PROBE_KINDS = ("auto", "bpf", "procfs")
 
 
 class Probe(Protocol):
@@ -106,7 +106,7 @@ def open_probe(
     if kind == "procfs":
         return _open_procfs(scope)
     if kind != "auto":
-        raise ValueError(f"unknown probe kind {kind!r} (one of {', '.join(PROBE_KINDS)})")
+        raise ValueError(f"unknown probe kind {kind!r} (one of {', '.join(PROBES)})")
     try:
         probe = _open_bpf(scope, obj_path, ring_bytes)
     except ProbeUnavailable as exc:
