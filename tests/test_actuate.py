@@ -14,7 +14,7 @@ import pytest
 
 from lbagent import hostinfo
 from lbagent.hostinfo import read_task
-from lbagent.live.actuate import Actuator
+from lbagent.live.actuate import Actuator, Outcome
 from lbagent.live.config import ScopeConfig
 from lbagent.live.state import StateFile
 from livehost import masks, spawn_in, stop, v1_cpuset, v2_cgroup
@@ -56,7 +56,9 @@ def test_kernel_threads_pid1_and_self_are_never_touched(tmp_path):
     ksoftirqd = next(int(p) for p in os.listdir("/proc") if p.isdigit() and read_task(int(p)).comm == "ksoftirqd/0")
     before = {pid: masks(pid) for pid in (2, ksoftirqd, 1, os.getpid())}
     outcomes = act.place_many([(2, CPU1), (ksoftirqd, CPU1), (1, CPU1), (os.getpid(), CPU1)])
-    assert outcomes == ["refused:kthread", "refused:no_setaffinity", "refused:pid1", "refused:self"]
+    assert outcomes == [Outcome.REFUSED_KTHREAD, Outcome.REFUSED_NO_SETAFFINITY, Outcome.REFUSED_PID1, Outcome.REFUSED_SELF]
+    assert all(o.unmanaged and not o.applied for o in outcomes)  # the daemon stops counting such tasks
+    assert act.refusals == {"kthread": 1, "no_setaffinity": 1, "pid1": 1, "self": 1}
     assert {pid: masks(pid) for pid in before} == before
     assert act.state.placements == {} and not act.state.path.exists()
 
@@ -81,7 +83,8 @@ def test_mask_is_clipped_to_the_tasks_cpuset(scoped):
     act, proc, _ = scoped
     with v1_cpuset("lbagent-t-clip", "1", proc.pid):
         assert set(masks(proc.pid).values()) == {CPU1}
-        assert act.place_many([(proc.pid, CPU0)]) == ["refused:outside_cpuset"]
+        [outside] = act.place_many([(proc.pid, CPU0)])
+        assert outside is Outcome.REFUSED_OUTSIDE_CPUSET and not outside.unmanaged  # still ours, left to the kernel
         assert act.place_many([(proc.pid, ALL)]) == ["placed"]
         assert act.state.placements[proc.pid].applied == (1,)
         assert set(masks(proc.pid).values()) == {CPU1}
@@ -130,8 +133,9 @@ def test_exited_task_counts_esrch_and_never_raises(scoped):
     act, proc, _ = scoped
     gone = subprocess.Popen(["true"])
     gone.wait()
-    assert act.place_many([(gone.pid, CPU1), (proc.pid, CPU1)]) == ["error:ESRCH", "placed"]
-    assert act.errors["ESRCH"] == 1
+    outcomes = act.place_many([(gone.pid, CPU1), (proc.pid, CPU1)])
+    assert outcomes == [Outcome.ERROR_ESRCH, Outcome.PLACED] and [o.applied for o in outcomes] == [False, True]
+    assert not outcomes[0].unmanaged and act.errors == {"ESRCH": 1}
 
 
 def test_eperm_is_counted_not_raised():
@@ -144,7 +148,7 @@ def test_eperm_is_counted_not_raised():
         from lbagent.live.state import StateFile
         os.setgid(65534); os.setuid(65534)
         act = Actuator("affinity", ScopeConfig(uids=(0,)), StateFile(tempfile.mkdtemp() + "/s.json"))
-        print(act.place_many([({target.pid}, frozenset({{1}}))]), dict(act.errors))
+        print([o.value for o in act.place_many([({target.pid}, frozenset({{1}}))])], dict(act.errors))
     """)
     try:
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20)

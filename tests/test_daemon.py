@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -84,11 +83,13 @@ def test_host_view_builds_the_contracts_observation():
     n = len(view.slot_masks)
     snap = Snapshot(10_000_000_000, 1_000_000_000, tuple(CpuSample(c, 1.0 + c, 0.5, 0) for c in sorted(ALL)))
     live = {7: LiveTask(7, "burn", 9_500_000_000, 0, 2.0), 8: LiveTask(8, "burn", 9_000_000_000, None, 1.0)}
-    recent = deque([(8_000_000_000, 0), (9_600_000_000, 0)])
-    raw = view.raw(snap, live, recent, 10_000_000_000, 0.3, False, 0.01)
+    view.record_placement(8_000_000_000, 0)
+    view.record_placement(9_600_000_000, 0)
+    raw = view.raw(snap, live, 10_000_000_000, 0.3, False, 0.01)
     assert raw.slot_mask[0, :n].all() and not raw.slot_mask[0, n:].any()
     assert raw.runnable[0, 0] == 1.0 and raw.util[0, 0] == 0.5
     assert raw.placed[0, 0] == 1.0  # the placement 2 s ago is outside the 1 s window
+    assert view.raw(snap, live, 10_700_000_000, 0.3, False, 0.01).placed[0, 0] == 0.0  # and now both are
     assert raw.work_left[0, 0] == pytest.approx(1.5)  # 2.0 predicted, 0.5 s elapsed; KERNEL tasks not counted
     obs = spaces.encode(raw)
     assert obs.shape == (1, spaces.OBS_DIM) and spaces.action_mask(raw)[0, spaces.KERNEL]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import os
 from collections import Counter
+from enum import StrEnum
 from pathlib import Path
 
 from lbagent.hostinfo import (
@@ -35,7 +36,54 @@ from lbagent.live import cgroups
 from lbagent.live.config import MODES, ScopeConfig
 from lbagent.live.state import Placement, StateFile, StateFileError
 
-ERROR_KINDS = {errno.ESRCH: "ESRCH", errno.EINVAL: "EINVAL", errno.EPERM: "EPERM"}
+
+
+class Outcome(StrEnum):
+    """What happened to one task asked to be placed (or restored).
+
+    The values are the ``outcome`` labels of ``lbagent_placements_total`` and of the logs; the
+    part after the colon is the key of :attr:`Actuator.refusals` or :attr:`Actuator.errors`.
+    """
+
+    PLACED = "placed"
+    DRY_RUN = "dry_run"
+    """Every check passed; nothing was changed because the daemon runs with ``dry_run``."""
+    REFUSED_PID1 = "refused:pid1"
+    REFUSED_SELF = "refused:self"
+    REFUSED_NO_SETAFFINITY = "refused:no_setaffinity"
+    REFUSED_KTHREAD = "refused:kthread"
+    REFUSED_OUT_OF_SCOPE = "refused:out_of_scope"
+    REFUSED_OUTSIDE_CPUSET = "refused:outside_cpuset"
+    """The task is lbagent's to manage, but its cpuset does not allow the slot asked for."""
+    ERROR_ESRCH = "error:ESRCH"
+    ERROR_EINVAL = "error:EINVAL"
+    ERROR_EPERM = "error:EPERM"
+    ERROR_OTHER = "error:other"
+    ERROR_STATE_WRITE = "error:state_write"
+    """The write-ahead record could not be saved, so nothing was changed."""
+    RESTORED = "restored"
+    GONE = "gone"
+    """Restore: the task exited; nothing to undo."""
+    REUSED_PID = "reused_pid"
+    """Restore: the PID now names another task (a later start time); it is left alone."""
+
+    @property
+    def applied(self) -> bool:
+        """The task runs (or, in a dry run, would run) on the slot asked for."""
+        return self in (Outcome.PLACED, Outcome.DRY_RUN)
+
+    @property
+    def unmanaged(self) -> bool:
+        """The safety rules say the task is not lbagent's at all (not merely not placeable now)."""
+        return self.value.startswith("refused:") and self is not Outcome.REFUSED_OUTSIDE_CPUSET
+
+    @property
+    def key(self) -> str:
+        """The refusal rule or error kind this outcome counts under (the part after any colon)."""
+        return self.value.rpartition(":")[2]
+
+
+ERROR_KINDS = {errno.ESRCH: Outcome.ERROR_ESRCH, errno.EINVAL: Outcome.ERROR_EINVAL, errno.EPERM: Outcome.ERROR_EPERM}
 
 
 class ActuatorError(RuntimeError):
@@ -163,14 +211,14 @@ class Actuator:
         self.cpusets = CpusetBackend(cgroup_name) if mode == "cpuset" else None
 
     # ---------------------------------------------------------------- placing
-    def place_many(self, requests: list[tuple[int, frozenset[int]]]) -> list[str]:
+    def place_many(self, requests: list[tuple[int, frozenset[int]]]) -> list[Outcome]:
         """Place a batch: check each, record all in one state write, then apply.
 
         One write per batch instead of per task keeps the arrival-to-affinity latency low under a
-        burst while keeping the write-ahead rule. Returns one outcome per request:
-        ``placed``, ``dry_run``, ``refused:<reason>`` or ``error:<kind>``.
+        burst while keeping the write-ahead rule. Returns one outcome per request: placed, dry run,
+        a refusal or an error.
         """
-        outcomes: list[str] = []
+        outcomes: list[Outcome] = []
         ready: list[tuple[int, Placement]] = []
         for tgid, cpus in requests:
             try:
@@ -179,7 +227,7 @@ class Actuator:
                 result = self._error(e)
             if isinstance(result, Placement):
                 ready.append((len(outcomes), result))
-                outcomes.append("dry_run" if self.dry_run else "placed")
+                outcomes.append(Outcome.DRY_RUN if self.dry_run else Outcome.PLACED)
             else:
                 outcomes.append(result)
         if ready and not self.dry_run:
@@ -191,8 +239,8 @@ class Actuator:
             except StateFileError:  # no record, no change (write-ahead): the tasks stay as they are
                 for i, p in ready:
                     self._forget_failed(p, previous[p.tgid])
-                    outcomes[i] = "error:state_write"
-                self.errors["state_write"] += len(ready)
+                    outcomes[i] = Outcome.ERROR_STATE_WRITE
+                self.errors[Outcome.ERROR_STATE_WRITE.key] += len(ready)
                 return outcomes
             for i, p in ready:
                 failure = self._apply(p)
@@ -207,32 +255,33 @@ class Actuator:
         else:
             self.state.placements.pop(p.tgid, None)
 
-    def _refuse(self, reason: str) -> str:
-        self.refusals[reason] += 1
-        return f"refused:{reason}"
+    def _refuse(self, outcome: Outcome) -> Outcome:
+        self.refusals[outcome.key] += 1
+        return outcome
 
-    def _error(self, e: OSError) -> str:
-        kind = ERROR_KINDS.get(e.errno, "ESRCH" if isinstance(e, ProcessLookupError) else "other")
-        self.errors[kind] += 1
-        return f"error:{kind}"
+    def _error(self, e: OSError) -> Outcome:
+        fallback = Outcome.ERROR_ESRCH if isinstance(e, ProcessLookupError) else Outcome.ERROR_OTHER
+        outcome = ERROR_KINDS.get(e.errno or 0, fallback)
+        self.errors[outcome.key] += 1
+        return outcome
 
-    def _prepare(self, tgid: int, slot_cpus: frozenset[int]) -> Placement | str:
+    def _prepare(self, tgid: int, slot_cpus: frozenset[int]) -> Placement | Outcome:
         if tgid <= 1:
-            return self._refuse("pid1")
+            return self._refuse(Outcome.REFUSED_PID1)
         if tgid == self.own_tgid:
-            return self._refuse("self")
+            return self._refuse(Outcome.REFUSED_SELF)
         info = read_task(tgid)
         if info.flags & PF_NO_SETAFFINITY:
-            return self._refuse("no_setaffinity")
+            return self._refuse(Outcome.REFUSED_NO_SETAFFINITY)
         if info.flags & PF_KTHREAD:
-            return self._refuse("kthread")
+            return self._refuse(Outcome.REFUSED_KTHREAD)
         groups = cgroups.task_cgroups(tgid)
         if not in_scope(self.scope, tgid, info.comm, groups):
-            return self._refuse("out_of_scope")
+            return self._refuse(Outcome.REFUSED_OUT_OF_SCOPE)
         allowed = cgroups.cpuset_allowed(tgid, groups)
         target = slot_cpus & allowed
         if not target or (self.mode == "cpuset" and target != slot_cpus):
-            return self._refuse("outside_cpuset")
+            return self._refuse(Outcome.REFUSED_OUTSIDE_CPUSET)
         old = self.state.placements.get(tgid)
         if old is not None and old.start == info.start:
             originals, cgroup = old.originals, old.cgroup  # placed again (e.g. after exec): keep the first
@@ -248,7 +297,7 @@ class Actuator:
             cgroup = Path(f"/proc/{tgid}/cpuset").read_text().strip() if self.cpusets else None
         return Placement(tgid, info.start, info.comm, self.mode, tuple(sorted(target)), originals, cgroup)
 
-    def _apply(self, p: Placement) -> str | None:
+    def _apply(self, p: Placement) -> Outcome | None:
         """Make the recorded change; returns an outcome only when nothing could be changed."""
         try:
             if self.cpusets is not None:
@@ -277,15 +326,15 @@ class Actuator:
         """The task exited: nothing to restore any more."""
         self.state.placements.pop(tgid, None)
 
-    def restore(self, p: Placement) -> str:
-        """Undo one placement: ``restored``, ``gone``, ``reused_pid`` or ``error:<kind>``."""
+    def restore(self, p: Placement) -> Outcome:
+        """Undo one placement: restored, gone, reused PID or an error."""
         try:
             info = read_task(p.tgid)
         except ProcessLookupError:
-            return "gone"
+            return Outcome.GONE
         if info.start != p.start:
-            self.refusals["reused_pid"] += 1
-            return "reused_pid"
+            self.refusals[Outcome.REUSED_PID.key] += 1
+            return Outcome.REUSED_PID
         try:
             if p.mode == "cpuset" and p.cgroup is not None:
                 backend = self.cpusets or CpusetBackend()
@@ -304,9 +353,9 @@ class Actuator:
                     self._error(e)
         except OSError as e:
             return self._error(e)
-        return "restored"
+        return Outcome.RESTORED
 
-    def restore_all(self) -> Counter[str]:
+    def restore_all(self) -> Counter[Outcome]:
         """Undo every placement (clean stop); the state file goes, the cgroups lbagent made too."""
         outcomes = Counter(self.restore(p) for p in list(self.state.placements.values()))
         self.state.placements.clear()

@@ -45,6 +45,8 @@ PRUNE_INTERVAL = 5.0
 """Seconds between sweeps for managed tasks whose exit event was lost (ring buffer full)."""
 DEFAULT_TASK_WORK = 0.05
 """Seconds: the prior for a task whose command has never been seen exit (flagged task_unknown)."""
+MAX_WINDOW_PLACEMENTS = 4096
+"""Placements remembered for the ``placed`` feature: a bound on memory under an arrival storm."""
 
 
 # --------------------------------------------------------------------------------- logging
@@ -135,7 +137,10 @@ class SojournClock:
 
 
 class HostView:
-    """Turns a snapshot plus the daemon's own records into one RawObservation (B = 1)."""
+    """Turns a snapshot plus the daemon's own records into one RawObservation (B = 1).
+
+    It keeps the recent placements itself: the ``placed`` feature counts those inside the
+    snapshot's window, and only this view knows the window."""
 
     def __init__(self) -> None:
         self.layout = spaces.build_slots(read_cpus())
@@ -143,6 +148,12 @@ class HostView:
         self.slot_of_cpu = self.layout.slot_of_cpu()
         self.slot_mask, self.capacity = self.layout.mask[None], self.layout.capacities[None]
         self._per_snapshot: tuple[Snapshot | None, np.ndarray, np.ndarray] = (None, np.zeros(0), np.zeros(0))
+        self._placements: deque[tuple[int, int]] = deque(maxlen=MAX_WINDOW_PLACEMENTS)
+        """(decision time ns, slot), oldest first."""
+
+    def record_placement(self, t_ns: int, slot: int) -> None:
+        """A task was sent to ``slot`` at ``t_ns``: it counts in ``placed`` while inside the window."""
+        self._placements.append((t_ns, slot))
 
     def cpu_state(self, snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
         """Runnable tasks and utilization per slot; computed once per snapshot, not per decision."""
@@ -163,7 +174,6 @@ class HostView:
         self,
         snap: Snapshot,
         live: dict[int, LiveTask],
-        recent: deque[tuple[int, int]],
         now_ns: int,
         task_work: float,
         unknown: bool,
@@ -171,6 +181,7 @@ class HostView:
     ) -> spaces.RawObservation:
         m = spaces.MAX_SLOTS
         runnable, util = self.cpu_state(snap)
+        recent = self._placements
         while recent and now_ns - recent[0][0] > max(snap.window_ns, 1):
             recent.popleft()  # placements older than the window no longer count
         placed = np.zeros(m)
@@ -213,7 +224,6 @@ class Daemon:
         self.history = WorkHistory()
         self.clock = SojournClock()
         self.live: dict[int, LiveTask] = {}
-        self.recent: deque[tuple[int, int]] = deque(maxlen=4096)
         self.stop_requested = self.reload_requested = False
         self.last_decision_ns: int | None = None
         self.decisions = 0
@@ -355,17 +365,17 @@ class Daemon:
             outcomes = self.actuator.place_many([(t, requests[t][0]) for t in tgids])
             done = time.monotonic_ns()
             for tgid, outcome in zip(tgids, outcomes):
-                self.metrics.inc("lbagent_placements_total", outcome=outcome)
-                if outcome in ("placed", "dry_run"):
+                self.metrics.inc("lbagent_placements_total", outcome=outcome.value)
+                if outcome.applied:
                     self.metrics.observe_latency((done - requests[tgid][1]) / 1e9)
-                elif outcome.startswith("refused:") and outcome != "refused:outside_cpuset":
+                elif outcome.unmanaged:
                     del self.live[tgid]  # not ours to manage (out of scope, kernel thread...): not counted either
                     self.clock.leave(done)
                 else:
                     self.live[tgid].slot = None
                 if self.config.dry_run or log.isEnabledFor(logging.DEBUG):
                     log.log(logging.INFO if self.config.dry_run else logging.DEBUG, "placement",
-                            extra={"fields": {"tgid": tgid, "cpus": sorted(requests[tgid][0]), "outcome": outcome}})
+                            extra={"fields": {"tgid": tgid, "cpus": sorted(requests[tgid][0]), "outcome": outcome.value}})
 
     def prune(self) -> None:
         """Forget managed tasks that are gone without an exit event (lost events must not leak memory)."""
@@ -384,7 +394,7 @@ class Daemon:
             self.clock.take(ev.ts_ns)
         work, unknown = self.history.predict(ev.comm)
         since = 0.0 if self.last_decision_ns is None else (ev.ts_ns - self.last_decision_ns) / 1e9
-        raw = self.view.raw(self.snap, self.live, self.recent, ev.ts_ns, work, unknown, max(since, 0.0))
+        raw = self.view.raw(self.snap, self.live, ev.ts_ns, work, unknown, max(since, 0.0))
         mask = spaces.action_mask(raw)
         action = int(spaces.validate_actions(self.policy.act(spaces.encode(raw), raw, mask), mask)[0])
         self.last_decision_ns = ev.ts_ns
@@ -394,7 +404,7 @@ class Daemon:
         slot = None if action == spaces.KERNEL else action
         self.live[ev.tgid] = LiveTask(ev.tgid, ev.comm, ev.ts_ns, slot, work)
         if slot is not None:
-            self.recent.append((ev.ts_ns, slot))
+            self.view.record_placement(ev.ts_ns, slot)
         if log.isEnabledFor(logging.DEBUG) or (self.config.dry_run and slot is None):
             log.log(logging.INFO if self.config.dry_run else logging.DEBUG, "decision",
                     extra={"fields": {"tgid": ev.tgid, "comm": ev.comm, "action": label,
