@@ -27,12 +27,20 @@ def listener(tmp_path):
 def test_ready_watchdog_and_stopping_reach_the_socket(listener):
     sock, path = listener
     n = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid())})
-    assert n.enabled and n.watchdog_interval == 2.0
+    assert n.watchdog_interval == 2.0
     assert n.ready("managing x")
     assert sock.recv(4096).decode().split("\n") == ["READY=1", f"MAINPID={os.getpid()}", "STATUS=managing x"]
     assert n.watchdog() and sock.recv(4096) == b"WATCHDOG=1"
     assert n.stopping() and sock.recv(4096) == b"STOPPING=1"
-    n.close()
+
+
+def test_a_notifier_holds_no_socket_between_messages(listener):
+    """Nothing to close at shutdown: each message opens and closes its own socket."""
+    _, path = listener
+    open_fds = len(os.listdir("/proc/self/fd"))
+    n = Notifier({"NOTIFY_SOCKET": path})
+    assert n.ready() and n.watchdog()
+    assert len(os.listdir("/proc/self/fd")) == open_fds
 
 
 def test_abstract_socket_names():
@@ -48,7 +56,7 @@ def test_abstract_socket_names():
 
 
 def test_without_systemd_it_is_a_no_op_and_a_dead_socket_is_not_fatal(tmp_path):
-    assert not Notifier({}).enabled and Notifier({}).ready() is False
+    assert Notifier({}).ready() is False
     assert Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")}).ready() is False
     assert Notifier({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}).watchdog_interval is None
 

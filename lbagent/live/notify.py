@@ -17,20 +17,17 @@ class Notifier:
         address = env.get("NOTIFY_SOCKET", "")
         self.address = "\0" + address[1:] if address.startswith("@") else address
         self.watchdog_interval = _watchdog_interval(env)
-        self._sock: socket.socket | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.address)
 
     def send(self, *lines: str) -> bool:
-        """Send ``KEY=VALUE`` lines; a missing or dead socket is reported as False, never raised."""
+        """Send ``KEY=VALUE`` lines; a missing or dead socket is reported as False, never raised.
+
+        A socket per message, as libsystemd does: messages are seconds apart, and nothing is left
+        open for the daemon to close."""
         if not self.address:
             return False
         try:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto("\n".join(lines).encode(), self.address)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto("\n".join(lines).encode(), self.address)
             return True
         except OSError:
             return False
@@ -46,11 +43,6 @@ class Notifier:
 
     def reloading(self) -> bool:
         return self.send("RELOADING=1")
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
 
 
 def _watchdog_interval(env) -> float | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lbagent.spaces import N_ACTIONS, RawObservation
+from lbagent.spaces import N_ACTIONS, RawObservation, symlog
 
 Weights = dict[str, np.ndarray]
 DTYPE = np.float32
@@ -100,10 +100,6 @@ def _masked_log_probs(logits: np.ndarray, mask: np.ndarray, unimix: float) -> np
     probs = (1.0 - unimix) * probs + unimix * valid / valid.sum(-1, keepdims=True)
     with np.errstate(divide="ignore"):
         return np.where(mask, np.log(np.maximum(probs, 1e-30)), -np.inf)
-
-
-def _symlog(x: np.ndarray) -> np.ndarray:
-    return np.sign(x) * np.log1p(np.abs(x))
 
 
 class DreamerActor:
@@ -201,7 +197,7 @@ class DreamerActor:
         stoch = self.eye_classes[idx].reshape(len(obs), -1)
         feat = np.concatenate([deter, stoch], -1)
         x = np.concatenate(
-            [feat, prev_a, _symlog(self.prev_reward)[:, None], self.first[:, None].astype(DTYPE)], -1
+            [feat, prev_a, symlog(self.prev_reward)[:, None], self.first[:, None].astype(DTYPE)], -1
         )
         self.hidden = self.actor_gru(x, self.hidden)
         self.deter_state, self.stoch_state = deter, stoch
