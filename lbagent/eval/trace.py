@@ -318,13 +318,9 @@ def _parse_lines(path: Path, lines: Iterable[tuple[int, bytes]]) -> Trace:
 def host_header(source: str, start: float | None = None) -> Header:
     """This host's header: online CPUs with their relative capacities (1.0 unless the kernel
     publishes ``cpu_capacity``, as on big.LITTLE machines)."""
-    from lbagent.hostinfo import online_cpus
+    from lbagent.hostinfo import read_cpus
 
-    cpus = sorted(online_cpus())
-    raw = []
-    for cpu in cpus:
-        capacity_file = Path(f"/sys/devices/system/cpu/cpu{cpu}/cpu_capacity")
-        raw.append(float(capacity_file.read_text()) if capacity_file.exists() else 1.0)
+    raw = [cpu.capacity for cpu in read_cpus()]
     top = max(raw)
     return Header(kernel=platform.release(), start=time.time() if start is None else start, source=source,
                   cpus=tuple(CpuInfo(i, round(c / top, 4)) for i, c in enumerate(raw)))
