@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from lbagent import hostinfo
 from lbagent.live import cgroups
 
 from lbagent import spaces
@@ -36,7 +35,7 @@ from lbagent.live.notify import Notifier
 from lbagent.live.probe.types import EventKind, Scope, Snapshot, TaskEvent
 from lbagent.live.state import StateFile, StateFileError
 from lbagent.policy import Policy, resolve_policy
-from lbagent.hostinfo import read_cpus
+from lbagent.hostinfo import read_cpus, unified_root
 
 log = logging.getLogger("lbagent.live.daemon")
 HISTORY_PER_COMM = 32
@@ -454,7 +453,7 @@ def resolve_scope(config: Config) -> Scope:
     """The probe's scope: cgroup paths become the ids the kernel reports; a missing one is an error."""
     ids = set()
     if config.scope.cgroups:
-        root = hostinfo.unified_root()
+        root = unified_root()
         if root is None:
             raise ConfigError(f"{config.source}: scope.cgroups: this host has no cgroup v2 mount")
         for path in config.scope.cgroups:
