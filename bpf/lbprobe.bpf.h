@@ -1,4 +1,4 @@
-/* Layouts shared by lbprobe.bpf.c and its loader (lbagent/probe/bpf.py mirrors them with ctypes:
+/* Layouts shared by lbprobe.bpf.c and its loader (lbagent/live/probe/bpf.py mirrors them with ctypes:
  * change one, change the other; the loader checks the sizes at open). */
 #ifndef LBPROBE_BPF_H
 #define LBPROBE_BPF_H

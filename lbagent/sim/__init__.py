@@ -1,4 +1,4 @@
-"""The simulator (installed as ``lbagent.sim``): park and host dynamics behind the contract.
+"""The simulator: park and host dynamics behind the contract.
 
 Every contract-speaking vector env (see :mod:`lbagent.sim.base`) behaves the same way, so training,
 ``lbagent eval`` and ``lbagent replay`` can drive either dynamics.

@@ -1,6 +1,6 @@
 """Declarative scenarios: TOML suites of workloads, validated, and the factory of their vector envs.
 
-A suite file (``sim/scenarios/NAME.toml``) looks like::
+A suite file (``lbagent/sim/scenarios/NAME.toml``) looks like::
 
     [suite]
     name = "train"
