@@ -30,7 +30,7 @@ class ActorInput:
     first: torch.Tensor  # (N,) bool: this decision opens an episode
     prev_valid: torch.Tensor  # (N,) bool: there is a previous action in this trial
 
-    def index(self, rows: torch.Tensor) -> "ActorInput":
+    def index(self, rows: torch.Tensor) -> ActorInput:
         return ActorInput(self.hidden[rows], self.prev_action[rows], self.prev_reward[rows], self.first[rows],
                           self.prev_valid[rows])
 

@@ -7,8 +7,8 @@ batch, sequence length, train ratio). Presets in :mod:`lbagent.agent.train` over
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Sequence
 
 
 @dataclass
@@ -138,14 +138,14 @@ class DreamerConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DreamerConfig":
+    def from_dict(cls, data: dict) -> DreamerConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown DreamerConfig fields: {unknown}")
         return cls(**data)
 
-    def with_overrides(self, assignments: Sequence[str]) -> "DreamerConfig":
+    def with_overrides(self, assignments: Sequence[str]) -> DreamerConfig:
         """A copy with ``FIELD=VALUE`` assignments applied, each value parsed as its field's type.
 
         So a variant of a preset is one command line (recorded in the run's metadata) rather than

@@ -42,10 +42,10 @@ class LatentState:
     def feat(self) -> torch.Tensor:
         return torch.cat([self.deter, self.stoch.flatten(-2)], -1)
 
-    def detach(self) -> "LatentState":
+    def detach(self) -> LatentState:
         return LatentState(self.deter.detach(), self.stoch.detach())
 
-    def index(self, rows: torch.Tensor) -> "LatentState":
+    def index(self, rows: torch.Tensor) -> LatentState:
         return LatentState(self.deter[rows], self.stoch[rows])
 
 

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import psutil
 
-from lbagent.live import cgroups
-
 from lbagent.bench import taskgen
 from lbagent.bench.demo import DaemonProcess, demo_config
 from lbagent.errors import UserError
+from lbagent.live import cgroups
 from lbagent.live.metrics import histogram_quantile, parse, scrape
 
 BENCH_CGROUP = "lbagent-bench"

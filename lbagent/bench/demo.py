@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lbagent.live import cgroups
-
 from lbagent.bench import taskgen
 from lbagent.errors import UserError
+from lbagent.live import cgroups
 
 DEMO_CGROUP = "lbagent-demo"
 READY_TIMEOUT = 15.0

@@ -31,7 +31,7 @@ _USECS = re.compile(r"([\d.]+)\s+usecs/op")
 
 
 def _median_ratio_pct(with_probe: list[float], without: list[float]) -> float:
-    return 100.0 * (statistics.median(w / wo for w, wo in zip(with_probe, without)) - 1.0)
+    return 100.0 * (statistics.median(w / wo for w, wo in zip(with_probe, without, strict=True)) - 1.0)
 
 
 @dataclass(frozen=True)

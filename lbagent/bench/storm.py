@@ -19,10 +19,10 @@ from pathlib import Path
 
 import psutil
 
-from lbagent.live import cgroups
 from lbagent.bench.daemon import RUNTIME_DIR, Sampler, free_port
 from lbagent.bench.demo import DaemonProcess, demo_config
 from lbagent.errors import UserError
+from lbagent.live import cgroups
 from lbagent.live.metrics import histogram_quantile, parse, scrape
 
 STORM_CGROUP = "lbagent-storm"

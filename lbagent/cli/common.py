@@ -8,7 +8,6 @@ import click
 
 from lbagent.errors import UserError
 
-
 PROBE_CHOICE = click.Choice(["auto", "bpf", "procfs"])
 
 

@@ -24,8 +24,8 @@ ADAPT_SEED = 700_000
 def _variants(spec: str) -> list[tuple[str, object]]:
     """(label, policy) pairs to run for one spec: both memory modes for a recurrent policy."""
     from lbagent.eval.evaluate import resolve_policy
-    from lbagent.policy.heuristics import HEURISTICS
     from lbagent.policy.files import load_policy
+    from lbagent.policy.heuristics import HEURISTICS
 
     if spec in HEURISTICS:
         return [(spec, resolve_policy(spec, ADAPT_SEED))]

@@ -17,8 +17,8 @@ the slowest CPUs; Harchol-Balter, "Performance Modeling and Design of Computer S
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

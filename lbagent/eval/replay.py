@@ -26,8 +26,8 @@ from lbagent.eval.evaluate import (
     run_trials,
     summarize,
 )
-from lbagent.policy.heuristics import HEURISTICS, UnsupportedPolicy
 from lbagent.eval.trace import Trace
+from lbagent.policy.heuristics import HEURISTICS, UnsupportedPolicy
 
 SCENARIO = "trace"
 

@@ -63,7 +63,7 @@ class Config:
         host, _, port = self.metrics_address.rpartition(":")
         return host.strip("[]"), int(port)
 
-    def with_overrides(self, **changes: Any) -> "Config":
+    def with_overrides(self, **changes: Any) -> Config:
         """Command-line flags win over the file (``--dry-run``, ``--policy``)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 

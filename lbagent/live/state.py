@@ -118,7 +118,7 @@ class StateFile:
             pass
 
     @classmethod
-    def load(cls, path: str | Path) -> "StateFile":
+    def load(cls, path: str | Path) -> StateFile:
         """Read a state file; a missing file is an empty state, a bad one raises StateFileError."""
         p = Path(path)
         try:

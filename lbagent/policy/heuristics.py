@@ -8,7 +8,7 @@ as ``np.argmin`` (and Park's own least-load baseline) does.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -155,7 +155,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         unknown_prob: float = 0.1,
         balance_interval: float = 0.004,
         util_window: float = 4.0,
-    ) -> "HostVectorEnv":
+    ) -> HostVectorEnv:
         """Replay a recorded workload: one episode is the whole trace, every row the same tasks.
 
         Arrival times are taken relative to the first one (a recording's absolute clock does not

@@ -23,7 +23,8 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -130,7 +131,7 @@ class ParkLoadBalanceEnv(gym.Env):
     def _observe(self) -> np.ndarray:
         high = self.params.obs_high
         loads = []
-        for queue, current in zip(self._queues, self._current):
+        for queue, current in zip(self._queues, self._current, strict=True):
             load = sum(job.size for job in queue)
             if current is not None:
                 load += current.finish - self._now
