@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
 
 @dataclass
@@ -152,7 +153,7 @@ class DreamerConfig:
         an edited source file; a wrong name or value names the assignment and what was expected.
         """
         kinds = {f.name: type(getattr(self, f.name)) for f in fields(self)}
-        changes: dict[str, object] = {}
+        changes: dict[str, Any] = {}
         for item in assignments:
             name, sep, text = item.partition("=")
             name = name.strip()

@@ -330,7 +330,7 @@ class MetricsLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(out / "tb"))
+            self.tb: SummaryWriter | None = SummaryWriter(str(out / "tb"))
         except ImportError:
             self.tb = None
 

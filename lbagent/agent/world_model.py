@@ -104,6 +104,8 @@ class Observed:
 
 
 class WorldModel(nn.Module):
+    bins: torch.Tensor  # a buffer, which nn.Module's __getattr__ would type as Tensor | Module
+
     def __init__(self, cfg: DreamerConfig, obs_dim: int, n_actions: int):
         super().__init__()
         self.cfg = cfg

@@ -28,7 +28,7 @@ from lbagent.live.state import Placement, StateFile, StateFileError
 
 PF_KTHREAD = 0x00200000
 PF_NO_SETAFFINITY = 0x04000000
-ERROR_KINDS = {errno.ESRCH: "ESRCH", errno.EINVAL: "EINVAL", errno.EPERM: "EPERM"}
+ERROR_KINDS: dict[int | None, str] = {errno.ESRCH: "ESRCH", errno.EINVAL: "EINVAL", errno.EPERM: "EPERM"}
 MODES = ("affinity", "cpuset")
 
 
@@ -89,7 +89,7 @@ class CpusetBackend:
 
     def __init__(self, name: str = "lbagent") -> None:
         v2 = cgroups.unified_root()
-        if cgroups.v2_has_cpuset(v2):
+        if v2 is not None and cgroups.v2_has_cpuset(v2):
             self.version, self.root = 2, v2
         else:
             v1 = cgroups.v1_cpuset_root()

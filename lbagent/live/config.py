@@ -161,7 +161,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         if not isinstance(body, dict):
             raise ConfigError(f"{source}: {section} must be a table [{section}], got {type(body).__name__}")
         for key, value in body.items():
-            values[_FLAT_NAMES.get((section, key), key) if section != "scope" else f"scope.{key}"] = (
+            values[(_FLAT_NAMES.get((section, key)) or key) if section != "scope" else f"scope.{key}"] = (
                 _checked(source, section, key, value)
             )
     scope = ScopeConfig(

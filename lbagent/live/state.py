@@ -141,8 +141,8 @@ class StateFile:
         if not isinstance(entries, list):
             raise StateFileError(f"state file {p}: 'placements' must be a list")
         placements = {}
-        for i, e in enumerate(entries):
-            placement = _placement(e, f"state file {p}: placement {i}")
+        for i, entry in enumerate(entries):
+            placement = _placement(entry, f"state file {p}: placement {i}")
             placements[placement.tgid] = placement
         return cls(p, placements)
 

@@ -128,6 +128,7 @@ def load_policy(name_or_path: str | os.PathLike, greedy: bool | None = None, res
     weights, meta = read_policy_file(name_or_path)
     path = resolve_path(name_or_path)
     name = Path(str(name_or_path)).stem if os.sep in str(name_or_path) else str(name_or_path)
+    policy: DreamerActor | MlpActor
     try:
         if meta["algorithm"] == "dreamer":
             greedy = bool(meta["arch"].get("greedy", False)) if greedy is None else greedy

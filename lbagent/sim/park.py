@@ -66,7 +66,7 @@ class _Job:
     def __init__(self, size: int, arrival: int) -> None:
         self.size = size
         self.arrival = arrival
-        self.finish: int | None = None
+        self.finish = -1  # set when the job starts on its server
         self.server: int = -1
 
 
@@ -126,6 +126,7 @@ class ParkLoadBalanceEnv(gym.Env):
         self._now = 0
         self._draw_next_job()
         self._now, _, size = heapq.heappop(self._timeline)
+        assert isinstance(size, int)  # the only entry yet is the first arrival
         self._incoming: _Job | None = _Job(size, self._now)
 
     def _observe(self) -> np.ndarray:

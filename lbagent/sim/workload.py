@@ -203,6 +203,7 @@ class WorkloadSpace:
         if self.capacities is not None:
             return len(self.capacities)
         s = self.spec("cpus")
+        assert not isinstance(s, Choice)  # a numeric key: Fixed or Range, never a family choice
         return int(s.hi if isinstance(s, Range) else s.value)
 
     def with_overrides(self, overrides: Mapping[str, Spec]) -> WorkloadSpace:
