@@ -10,7 +10,7 @@ BPF_OBJ := lbagent/bpf/lbprobe.bpf.o
 VMLINUX_H := bpf/vmlinux.h
 PYTEST_ARGS ?=
 
-.PHONY: all test demo deps venv venv-base bpf bench clean install-service
+.PHONY: all test lint demo deps venv venv-base bpf bench clean install-service
 
 all: venv bpf
 
@@ -53,6 +53,12 @@ $(BPF_OBJ): $(BPF_SRC) $(VMLINUX_H) $(wildcard bpf/*.h)
 
 test: deps venv bpf
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Keeps the layout honest: style and imports (ruff), types (mypy), and the layer contracts in pyproject.toml.
+lint: venv
+	$(VENV)/bin/ruff check lbagent tests
+	$(VENV)/bin/mypy lbagent
+	$(VENV)/bin/lint-imports
 
 demo: deps venv bpf
 	$(VENV)/bin/lbagent demo

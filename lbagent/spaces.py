@@ -30,8 +30,9 @@ Observation layout (float32, length :data:`OBS_DIM`)::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -199,7 +200,7 @@ class RawObservation:
     def batch(self) -> int:
         return int(self.slot_mask.shape[0])
 
-    def take(self, index: np.ndarray | slice) -> "RawObservation":
+    def take(self, index: np.ndarray | slice) -> RawObservation:
         """Rows of a batch, e.g. the environments that need a decision now."""
 
         def pick(v):

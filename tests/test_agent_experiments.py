@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from lbagent.eval import experiments
 from lbagent.agent.config import DreamerConfig
 from lbagent.agent.dreamer import DreamerAgent
+from lbagent.eval import experiments
 from lbagent.policy.files import save_policy
 
 SHIFT_TOML = """

@@ -66,8 +66,8 @@ def test_garbage_and_missing_files_are_refused(tmp_path):
 
 
 def test_wrong_contract_version_is_refused(tmp_path, policy_path):
-    from safetensors.numpy import load_file, save_file
     from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
 
     with safe_open(str(policy_path), framework="numpy") as f:
         meta = json.loads(f.metadata()["lbagent"])
@@ -79,7 +79,7 @@ def test_wrong_contract_version_is_refused(tmp_path, policy_path):
 
 
 def test_a_safetensors_file_without_our_metadata_or_with_wrong_shapes_is_refused(tmp_path, policy_path):
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import save_file
 
     plain = tmp_path / "plain.safetensors"
     save_file({"x": np.zeros(3, np.float32)}, str(plain))

@@ -152,7 +152,7 @@ def test_numpy_actor_matches_the_torch_acting_path():
     prev_valid = torch.zeros(B, dtype=torch.bool)
     first = torch.ones(B, dtype=torch.bool)
     worst = 0.0
-    for step in range(6):
+    for _ in range(6):
         obs = rng.normal(size=(B, OBS_DIM)).astype(np.float32)
         lp_np = np_actor.step(obs, mask)
         with torch.no_grad():

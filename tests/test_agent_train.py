@@ -30,7 +30,7 @@ def test_a_resumed_run_equals_the_uninterrupted_run(tmp_path):
     resumed = DreamerTrainer.restore(tmp_path / "split")
     resumed.run(until_env_steps=112)
     assert resumed.counters.updates == whole.counters.updates == 12
-    for (name, a), (_, b) in zip(whole.agent.state_dict().items(), resumed.agent.state_dict().items()):
+    for (name, a), (_, b) in zip(whole.agent.state_dict().items(), resumed.agent.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     for key in whole.replay.data:
         assert np.array_equal(whole.replay.data[key], resumed.replay.data[key]), key

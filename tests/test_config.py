@@ -71,7 +71,7 @@ def test_unreadable_and_huge_files_are_refused(tmp_path):
 
 def test_cli_exits_2_with_one_line_and_touches_nothing(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text(SCOPE + "[daemon]\nmode = 'pin'\nstate_file = '%s/state.json'\n" % tmp_path)
+    bad.write_text(SCOPE + f"[daemon]\nmode = 'pin'\nstate_file = '{tmp_path}/state.json'\n")
     out = subprocess.run([sys.executable, "-m", "lbagent.cli", "run", "--config", str(bad)],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2

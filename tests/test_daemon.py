@@ -13,14 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lbagent import hostinfo
-
-from lbagent import spaces
-from lbagent.live.config import parse_config
-from lbagent.live.daemon import MAX_COMMS, Daemon, HostView, LiveTask, SojournClock, WorkHistory
+from lbagent import hostinfo, spaces
 from lbagent.bench.daemon import free_port
 from lbagent.bench.demo import DaemonProcess, demo_config
 from lbagent.errors import UserError
+from lbagent.live.config import parse_config
+from lbagent.live.daemon import MAX_COMMS, Daemon, HostView, LiveTask, SojournClock, WorkHistory
 from lbagent.live.probe.types import CpuSample, EventKind, Snapshot, TaskEvent
 from livehost import masks, sleepers, spawn_in, stop, v2_cgroup
 

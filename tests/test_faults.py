@@ -9,14 +9,12 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
-from lbagent.live import cgroups
-from lbagent.live.config import parse_config
-from lbagent.live.daemon import Daemon
 from lbagent.bench.daemon import free_port
 from lbagent.bench.demo import DaemonProcess, demo_config
+from lbagent.live.config import parse_config
+from lbagent.live.daemon import Daemon
 from lbagent.live.metrics import parse, scrape
 from livehost import SLEEPER, masks, sleepers, spawn_in, stop, v1_cpuset
 from test_daemon import AlwaysSlot, free, log_lines, pinned, scope, wait_for  # noqa: F401 (scope is a fixture)
@@ -55,7 +53,7 @@ def test_task_exiting_between_decision_and_action_counts_esrch_and_the_daemon_go
     try:
         for n in range(1, 4):
             policy.victim = spawn_in(directory)
-            step_until(daemon, lambda: daemon.decisions == n, f"decision {n}")
+            step_until(daemon, lambda n=n: daemon.decisions == n, f"decision {n}")
         step_until(daemon, lambda: not daemon.live, "the victims' exit events")
         assert daemon.actuator.errors == {"ESRCH": 3}
         assert daemon.metrics.counters["lbagent_placements_total"] == {(("outcome", "error:ESRCH"),): 3.0}

@@ -4,7 +4,6 @@ and a failed write leaves nothing half-written behind."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import stat
@@ -21,10 +20,10 @@ from hypothesis import strategies as st
 
 from lbagent import spaces
 from lbagent.cli import main
-from lbagent.live.config import MAX_CONFIG_BYTES, ConfigError, load_config
-from lbagent.policy.files import MAX_POLICY_BYTES, PolicyFileError, load_policy
-from lbagent.live.state import MAX_STATE_BYTES, Placement, StateFile, StateFileError
 from lbagent.eval.trace import MAX_TRACE_BYTES, TraceError, TraceWriter, read_trace, write_trace
+from lbagent.live.config import MAX_CONFIG_BYTES, ConfigError, load_config
+from lbagent.live.state import MAX_STATE_BYTES, Placement, StateFile, StateFileError
+from lbagent.policy.files import MAX_POLICY_BYTES, PolicyFileError, load_policy
 from test_daemon import write_policy
 from test_trace import HEADER, SAMPLE, small_trace
 

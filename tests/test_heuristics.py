@@ -88,11 +88,17 @@ def test_random_is_uniform_over_valid_slots_and_seeded():
     assert np.array_equal(pol.act(None, raw, None), again.act(None, raw, None))
 
 
-def test_po2_never_worse_than_its_two_samples():
-    raw = raw_from(runnable=[5, 0, 5, 5], work_left=[5, 0, 5, 5], capacity=[1, 1, 1, 1])
-    picks = {decide("po2", raw, seed=s) for s in range(40)}
-    # Slot 1 is chosen whenever sampled; the others only when it is not among the two.
-    assert 1 in picks and picks <= {0, 1, 2, 3}
+def test_po2_takes_the_better_of_two_distinct_samples():
+    # Loads rank the slots 1 < 2 < 3 < 0. Of the 6 equally likely pairs, the k-th best slot wins
+    # the (3 - k) pairs with a worse partner: 1/2, 1/3, 1/6, and the worst never. A uniform pick
+    # (random) gives 1/4 each, always-the-best (jsq) gives 1 for slot 1.
+    b = 6000
+    raw = raw_from(runnable=[3, 0, 1, 2], work_left=[3, 0, 1, 2], capacity=[1, 1, 1, 1]).take(np.zeros(b, int))
+    pol = make_heuristic("po2", seed=5)
+    pol.begin_trial(b, 5)
+    share = np.bincount(pol.act(encode(raw), raw, action_mask(raw)), minlength=N_ACTIONS) / b
+    assert share[0] == 0 and share[4:].sum() == 0
+    assert np.allclose(share[[1, 2, 3]], [1 / 2, 1 / 3, 1 / 6], atol=0.03)
     single = raw_from(runnable=[2], work_left=[1], capacity=[1])
     assert all(decide("po2", single, seed=s) == 0 for s in range(10))
 

@@ -48,7 +48,7 @@ def exit_times(stats, arrival: np.ndarray, unit: float) -> np.ndarray:
 def busy_period_end(arrival: np.ndarray, work: np.ndarray, capacity: float) -> float:
     """When a work-conserving CPU of this capacity is next idle after the last arrival (Lindley)."""
     backlog, last = 0.0, arrival[0]
-    for t, w in zip(arrival, work):
+    for t, w in zip(arrival, work, strict=True):
         backlog = max(backlog - (t - last), 0.0) + w / capacity
         last = t
     return last + backlog
@@ -155,7 +155,7 @@ def test_pinned_tasks_never_move_while_kernel_tasks_are_balanced():
         actions = np.where(rng.random(32) < 0.5, spaces.KERNEL, np.argmax(rng.random(mask.shape) * mask, axis=1))
         _, _, term, _, info = env.step(actions)
         b, j = np.nonzero(env.t_active)
-        keys = zip(b.tolist(), env.t_id[b, j].tolist(), env.t_cpu[b, j].tolist(), env.t_pinned[b, j].tolist())
+        keys = zip(b.tolist(), env.t_id[b, j].tolist(), env.t_cpu[b, j].tolist(), env.t_pinned[b, j].tolist(), strict=True)
         for row, tid, cpu, pinned in keys:
             store = where_pinned if pinned else kernel_seen
             previous = store.setdefault((row, tid), cpu)

@@ -57,7 +57,7 @@ def test_golden_two_servers_seed0():
         # 777: -(318*1)=-318. Total -792; Park observes zeros at the end.
         ([0, 0, 0], -792.0, True),
     ]
-    for (obs, reward, done), (e_obs, e_reward, e_done) in zip(trace, expected):
+    for (obs, reward, done), (e_obs, e_reward, e_done) in zip(trace, expected, strict=True):
         assert obs.tolist() == e_obs
         assert reward == e_reward and done == e_done
     # JCTs 338, 665, 144, 168: mean 328.75, and the rewards sum to minus their total (1315).
@@ -84,7 +84,7 @@ def test_golden_tie_arrival_before_completion_pushed_later():
         # Drain: 146 job1 pops (0); 302: -(156*2) = -312, job3 runs to 366: -(64*1). Total -376.
         ([0, 0], -376.0),
     ]
-    for (obs, reward, _), (e_obs, e_reward) in zip(trace, expected):
+    for (obs, reward, _), (e_obs, e_reward) in zip(trace, expected, strict=True):
         assert obs.tolist() == e_obs and reward == e_reward
     assert trace[-1][2] is True
     assert info["mean_jct"] == (68 + 121 + 271 + 220) / 4
@@ -96,7 +96,7 @@ def test_draws_match_parks_scalar_calls():
         rng = np.random.RandomState(seed)
         expected = [(int((rng.pareto(1.5) + 1) * 100.0), int(rng.exponential(55))) for _ in range(20_000)]
         sizes, gaps = jobs_from_draws(np.random.RandomState(seed).random_sample(40_000), params)
-        assert list(zip(sizes.tolist(), gaps.tolist())) == expected
+        assert list(zip(sizes.tolist(), gaps.tolist(), strict=True)) == expected
 
 
 def test_draws_recompute_values_on_an_integer_boundary_with_the_c_library():
@@ -122,7 +122,7 @@ def lockstep(params: dict, num_envs: int, episodes: int, seed: int, policy: str)
             else:
                 actions = np.argmin(obs[:, :-1], axis=1)
             obs, reward, terminated, truncated, info = vec.step(actions)
-            results = [s.step(int(a)) for s, a in zip(singles, actions)]
+            results = [s.step(int(a)) for s, a in zip(singles, actions, strict=True)]
             assert np.array_equal(reward, [r[1] for r in results])
             assert np.array_equal(terminated, [r[2] for r in results]) and not truncated.any()
             if terminated.any():

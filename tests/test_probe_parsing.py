@@ -4,11 +4,17 @@
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
-from lbagent.live.probe.bpf import COMM_LEN, _Cpu, _Event, _Shared, comm_key
 from lbagent.hostinfo import NS_PER_TICK, parse_cpulist, parse_stat, state_and_cpu
+from lbagent.live.probe.bpf import COMM_LEN, DEFAULT_OBJECT, _Config, _Cpu, _Event, _Shared, comm_key
 
 
 def _stat(comm: str, state: str = "R", cpu: int = 3) -> str:
@@ -44,9 +50,82 @@ def test_comm_key_matches_the_kernels_truncation():
     assert comm_key("make") == b"make"
 
 
-def test_mirrored_layouts_have_the_c_sizes():
-    """Sizes from bpf/lbprobe.bpf.h: lb_event 72 bytes, lb_cpu one 64-byte cache line, and the
-    shared block a 64-byte head before the per-CPU array (the loader also checks .bss at open)."""
-    assert ctypes.sizeof(_Event) == 72
-    assert ctypes.sizeof(_Cpu) == 64
-    assert _Shared.cpus.offset == 64
+# ------------------------------------------------- the ctypes mirrors against the built object
+BTF_KIND_STRUCT = 4
+
+
+class _BtfType(ctypes.Structure):
+    _fields_ = [("name_off", ctypes.c_uint32), ("info", ctypes.c_uint32), ("size", ctypes.c_uint32)]
+
+
+class _BtfMember(ctypes.Structure):
+    _fields_ = [("name_off", ctypes.c_uint32), ("type", ctypes.c_uint32), ("offset", ctypes.c_uint32)]
+
+
+def _mirror(cls: type[ctypes.Structure]) -> tuple[int, list[tuple[str, int]]]:
+    return ctypes.sizeof(cls), [(name, getattr(cls, name).offset) for name, *_ in cls._fields_]
+
+
+def _built_object() -> Path:
+    if not DEFAULT_OBJECT.exists():
+        pytest.skip(f"{DEFAULT_OBJECT} not built (make bpf)")
+    return DEFAULT_OBJECT
+
+
+@pytest.fixture(scope="module")
+def btf_layout():
+    """(size, [(member, byte offset)]) of a struct in the object's BTF, as libbpf reads it."""
+    obj = _built_object()
+    try:  # our own handle: these prototypes must not touch the loader's (lbagent.live.probe.libbpf)
+        lib = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
+    except OSError as exc:
+        pytest.skip(f"no libbpf: {exc}")
+    for name, restype, argtypes in (
+        ("btf__parse_elf", ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_void_p]),
+        ("btf__find_by_name_kind", ctypes.c_int32, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32]),
+        ("btf__resolve_size", ctypes.c_int64, [ctypes.c_void_p, ctypes.c_uint32]),
+        ("btf__type_by_id", ctypes.POINTER(_BtfType), [ctypes.c_void_p, ctypes.c_uint32]),
+        ("btf__name_by_offset", ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_uint32]),
+        ("btf__free", None, [ctypes.c_void_p]),
+    ):
+        getattr(lib, name).restype, getattr(lib, name).argtypes = restype, argtypes
+    btf = lib.btf__parse_elf(str(obj).encode(), None)
+    assert btf, f"btf__parse_elf({obj}): {os.strerror(ctypes.get_errno())}"
+
+    def layout(struct: str) -> tuple[int, list[tuple[str, int]]]:
+        type_id = lib.btf__find_by_name_kind(btf, struct.encode(), BTF_KIND_STRUCT)
+        assert type_id > 0, f"struct {struct} is not in the BTF of {obj}"
+        t = lib.btf__type_by_id(btf, type_id).contents
+        members = (_BtfMember * (t.info & 0xFFFF)).from_address(ctypes.addressof(t) + ctypes.sizeof(t))
+        bit_offset = 0xFFFFFF if t.info >> 31 else 0xFFFFFFFF  # kind_flag: the top byte is a bitfield size
+        return lib.btf__resolve_size(btf, type_id), [
+            (lib.btf__name_by_offset(btf, m.name_off).decode(), (m.offset & bit_offset) // 8) for m in members
+        ]
+
+    yield layout
+    lib.btf__free(btf)
+
+
+@pytest.mark.kernel  # needs the built object and libbpf: CI must not skip it
+@pytest.mark.parametrize("struct, mirror", [("lb_config", _Config), ("lb_cpu", _Cpu), ("lb_shared", _Shared)])
+def test_loader_mirrors_match_the_objects_btf(btf_layout, struct, mirror):
+    """Every member at the C offset, not only the total: a swapped pair keeps the size and the
+    loader's .rodata/.bss size check at open, but would read one counter as the other."""
+    assert _mirror(mirror) == btf_layout(struct)
+
+
+@pytest.mark.kernel  # needs the built object: CI must not skip it
+def test_event_mirror_matches_the_objects_debug_info():
+    """lb_event only types a local in emit(), so clang leaves it out of BTF: its layout comes from
+    the object's DWARF (built with -g). Each ring-buffer record is read through this mirror."""
+    obj = _built_object()
+    dwarfdump = shutil.which("llvm-dwarfdump")
+    if dwarfdump is None:
+        pytest.skip("no llvm-dwarfdump (package llvm)")
+    out = subprocess.run([dwarfdump, "--name=lb_event", "--show-children", str(obj)],
+                         capture_output=True, text=True, check=True).stdout
+    size = re.search(r"DW_AT_byte_size\s+\((0x[0-9a-f]+)\)", out)
+    assert size, f"struct lb_event is not in the debug info of {obj}"
+    members = re.findall(r'DW_TAG_member\s+DW_AT_name\s+\("(\w+)"\).*?DW_AT_data_member_location\s+\((0x[0-9a-f]+)\)',
+                         out, re.S)
+    assert _mirror(_Event) == (int(size[1], 16), [(name, int(offset, 16)) for name, offset in members])

@@ -8,9 +8,9 @@ import re
 import stat
 from pathlib import Path
 
+from lbagent.eval.trace import write_trace
 from lbagent.live.config import Config, load_config
 from lbagent.live.state import Placement, StateFile
-from lbagent.eval.trace import write_trace
 from test_trace import small_trace
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lbagent.live import service
 from lbagent.bench.demo import UNIT_RT_PRIORITY, UNIT_RTTIME_US
+from lbagent.live import service
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "lbagent.service"
 EXPOSURE_LIMIT = 3.6  # irqbalance's hardened unit
@@ -55,7 +55,7 @@ def test_every_capability_is_justified_and_the_essentials_are_set():
     assert settings["ProtectControlGroups"] == "yes" and "ReadWritePaths=/sys/fs/cgroup" in text
     # The demo and the bench run the daemon with the unit's scheduling.
     assert settings["CPUSchedulingPolicy"] == "fifo" and int(settings["CPUSchedulingPriority"]) == UNIT_RT_PRIORITY
-    assert settings["LimitRTTIME"] == "%ds:%ds" % tuple(u // 1_000_000 for u in UNIT_RTTIME_US)
+    assert settings["LimitRTTIME"] == ":".join(f"{u // 1_000_000}s" for u in UNIT_RTTIME_US)
 
 
 def test_install_keeps_an_edited_config_and_uninstall_removes(installed):

@@ -30,7 +30,7 @@ class ActorInput:
     first: torch.Tensor  # (N,) bool: this decision opens an episode
     prev_valid: torch.Tensor  # (N,) bool: there is a previous action in this trial
 
-    def index(self, rows: torch.Tensor) -> "ActorInput":
+    def index(self, rows: torch.Tensor) -> ActorInput:
         return ActorInput(self.hidden[rows], self.prev_action[rows], self.prev_reward[rows], self.first[rows],
                           self.prev_valid[rows])
 
@@ -62,6 +62,8 @@ class RL2Actor(nn.Module):
 
 class Critic(nn.Module):
     """Two-hot value head over symexp bins, on the world-model state."""
+
+    bins: torch.Tensor  # a buffer, which nn.Module's __getattr__ would type as Tensor | Module
 
     def __init__(self, cfg: DreamerConfig):
         super().__init__()
@@ -111,7 +113,7 @@ class ReturnNormalizer:
         flat = returns.detach().flatten().double()
         lo = torch.quantile(flat, 0.05).item()
         hi = torch.quantile(flat, 0.95).item()
-        if self.low is None:
+        if self.low is None or self.high is None:
             self.low, self.high = lo, hi
         else:
             self.low = self.decay * self.low + (1.0 - self.decay) * lo
@@ -120,7 +122,7 @@ class ReturnNormalizer:
 
     @property
     def scale(self) -> float:
-        if self.low is None:
+        if self.low is None or self.high is None:
             return self.floor
         return max(self.floor, self.high - self.low)
 

@@ -7,8 +7,9 @@ batch, sequence length, train ratio). Presets in :mod:`lbagent.agent.train` over
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Sequence
+from typing import Any
 
 
 @dataclass
@@ -138,21 +139,21 @@ class DreamerConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DreamerConfig":
+    def from_dict(cls, data: dict) -> DreamerConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown DreamerConfig fields: {unknown}")
         return cls(**data)
 
-    def with_overrides(self, assignments: Sequence[str]) -> "DreamerConfig":
+    def with_overrides(self, assignments: Sequence[str]) -> DreamerConfig:
         """A copy with ``FIELD=VALUE`` assignments applied, each value parsed as its field's type.
 
         So a variant of a preset is one command line (recorded in the run's metadata) rather than
         an edited source file; a wrong name or value names the assignment and what was expected.
         """
         kinds = {f.name: type(getattr(self, f.name)) for f in fields(self)}
-        changes: dict[str, object] = {}
+        changes: dict[str, Any] = {}
         for item in assignments:
             name, sep, text = item.partition("=")
             name = name.strip()

@@ -118,7 +118,7 @@ class DreamerAgent(nn.Module):
         nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.ac_grad_clip)
         self.critic_opt.step()
         with torch.no_grad():
-            for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
+            for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters(), strict=True):
                 slow.lerp_(fast, cfg.slow_critic_fraction)
         metrics.update(parts)
         return metrics

@@ -33,7 +33,7 @@ class SequenceReplay:
         self.per_env = max(1, capacity // num_envs)
         self.num_envs = num_envs
         shapes = dict(FIELDS, hidden=((hidden,), np.float32))
-        self.data = {k: np.zeros((self.per_env, num_envs, *shape), dtype) for k, (shape, dtype) in shapes.items()}
+        self.data: dict[str, np.ndarray] = {k: np.zeros((self.per_env, num_envs, *shape), dtype) for k, (shape, dtype) in shapes.items()}
         self.pos = 0
         self.filled = 0
         self.rng = np.random.default_rng(seed)

@@ -45,7 +45,7 @@ class Teacher:
     def act(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
         batch = len(obs)
         action = np.full(batch, -1, dtype=np.int64)
-        for name, policy in zip(self.names, self.policies):
+        for name, policy in zip(self.names, self.policies, strict=True):
             todo = action < 0
             if not todo.any():
                 break

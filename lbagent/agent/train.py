@@ -17,9 +17,9 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -279,7 +279,7 @@ class DreamerTrainer:
         return self.checkpoint_path
 
     @classmethod
-    def restore(cls, out: Path, env_steps: int | None = None) -> "DreamerTrainer":
+    def restore(cls, out: Path, env_steps: int | None = None) -> DreamerTrainer:
         """Rebuild a trainer from ``out/checkpoint.pt`` (a trusted, self-written pickle)."""
         state = torch.load(Path(out) / "checkpoint.pt", weights_only=False)
         preset = PRESETS[state["preset"]]
@@ -331,7 +331,7 @@ class MetricsLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(out / "tb"))
+            self.tb: SummaryWriter | None = SummaryWriter(str(out / "tb"))
         except ImportError:
             self.tb = None
 

@@ -42,10 +42,10 @@ class LatentState:
     def feat(self) -> torch.Tensor:
         return torch.cat([self.deter, self.stoch.flatten(-2)], -1)
 
-    def detach(self) -> "LatentState":
+    def detach(self) -> LatentState:
         return LatentState(self.deter.detach(), self.stoch.detach())
 
-    def index(self, rows: torch.Tensor) -> "LatentState":
+    def index(self, rows: torch.Tensor) -> LatentState:
         return LatentState(self.deter[rows], self.stoch[rows])
 
 
@@ -104,6 +104,8 @@ class Observed:
 
 
 class WorldModel(nn.Module):
+    bins: torch.Tensor  # a buffer, which nn.Module's __getattr__ would type as Tensor | Module
+
     def __init__(self, cfg: DreamerConfig, obs_dim: int, n_actions: int):
         super().__init__()
         self.cfg = cfg

@@ -20,7 +20,6 @@ from pathlib import Path
 import psutil
 
 from lbagent import hostinfo
-
 from lbagent.bench import taskgen
 from lbagent.bench.demo import DaemonProcess, demo_config
 from lbagent.errors import UserError

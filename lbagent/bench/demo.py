@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from lbagent import hostinfo
-
 from lbagent.bench import taskgen
 from lbagent.errors import UserError
 
@@ -138,7 +137,7 @@ def run_row(name: str, policy: str | None, tasks: list[taskgen.Task], cg: Path, 
     finally:
         noisy.stop()
         code = daemon.stop() if daemon else 0
-    if code != 0:
+    if daemon is not None and code != 0:
         raise UserError(f"{name}: the daemon exited with {code} on SIGTERM: {daemon.tail()}")
     jct = np.array([c for _, c, _ in results])
     unfinished = sum(not done for _, _, done in results)

@@ -31,7 +31,7 @@ _USECS = re.compile(r"([\d.]+)\s+usecs/op")
 
 
 def _median_ratio_pct(with_probe: list[float], without: list[float]) -> float:
-    return 100.0 * (statistics.median(w / wo for w, wo in zip(with_probe, without)) - 1.0)
+    return 100.0 * (statistics.median(w / wo for w, wo in zip(with_probe, without, strict=True)) - 1.0)
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,7 @@ def _pipe_once(perf: str, loops: int, cpu: int) -> tuple[float, float]:
     """One ``perf bench sched pipe`` run pinned to ``cpu``: (wall us, CPU us) per message."""
     proc = subprocess.Popen([perf, "bench", "sched", "pipe", "-l", str(loops)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+    assert proc.stdout is not None and proc.stderr is not None  # both PIPE
     out, err = proc.stdout.read(), proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)

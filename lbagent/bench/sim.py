@@ -9,9 +9,9 @@ neighbour slows them alike.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from statistics import median
-from typing import Callable
 
 import numpy as np
 

@@ -49,7 +49,8 @@ def make_schedule(
     calm_rate, burst_rate = rate * 0.5, rate * burst_factor
     burst_share = 0.5 / (burst_factor - 1.0)  # mean burst length that keeps the average rate at ``rate``
     scale = mean_work * (alpha - 1) / alpha
-    tasks, t, bursting = [], 0.0, False
+    tasks: list[Task] = []
+    t, bursting = 0.0, False
     phase_end = rng.exponential(1.0)
     while True:
         t += rng.exponential(1.0 / (burst_rate if bursting else calm_rate))
@@ -136,6 +137,7 @@ def run(
                               "cgroup_procs": str(cgroup_dir / "cgroup.procs") if cgroup_dir else None})
         p = subprocess.Popen([sys.executable, "-m", "lbagent.bench.taskgen"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert p.stdin is not None  # stdin=PIPE
         p.stdin.write(payload)
         p.stdin.close()
         p.stdin = None  # sent: communicate() only collects the results

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 
-
 @click.command("sim-train")
 @click.option("--algo", type=click.Choice(["dreamer", "a2c"]), default="dreamer", show_default=True,
               help="DreamerV3 + RL², or stable-baselines3's A2C baseline with its defaults.")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -184,12 +184,12 @@ def plot(report: EvalReport, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in report.results if r.mean_jct is not None]
+    rows = [(r.policy, r.mean_jct, r.p99_jct) for r in report.results if r.mean_jct is not None and r.p99_jct is not None]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(rows) + 1.5), 3.6))
     x = np.arange(len(rows))
-    ax.bar(x, [r.mean_jct for r in rows], color="#4C72B0", label="mean JCT")
-    ax.scatter(x, [r.p99_jct for r in rows], color="#C44E52", marker="_", s=400, label="p99 JCT", zorder=3)
-    ax.set_xticks(x, [r.policy for r in rows], rotation=20, ha="right")
+    ax.bar(x, [mean for _, mean, _ in rows], color="#4C72B0", label="mean JCT")
+    ax.scatter(x, [p99 for _, _, p99 in rows], color="#C44E52", marker="_", s=400, label="p99 JCT", zorder=3)
+    ax.set_xticks(x, [policy for policy, _, _ in rows], rotation=20, ha="right")
     ax.set_yscale("log")
     ax.set_ylabel("job completion time (time units, log)")
     ax.set_title(f"lbagent eval: suite {report.suite}, seed {report.seed}")

@@ -17,8 +17,9 @@ the slowest CPUs; Harchol-Balter, "Performance Modeling and Design of Computer S
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 import numpy as np
 
@@ -89,6 +90,11 @@ class Rule:
 
     name: str
     choose: Callable[[RawObservation], np.ndarray]
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """A rule of this study, not a heuristic a user can name: the table tells them apart."""
+        return {"algorithm": "headroom rule", "name": self.name}
 
     def begin_trial(self, batch: int, seed: int) -> None:
         pass

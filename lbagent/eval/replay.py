@@ -25,9 +25,9 @@ from lbagent.eval.evaluate import (
     run_trials,
     summarize,
 )
+from lbagent.eval.trace import Trace
 from lbagent.policy import resolve_policy
 from lbagent.policy.heuristics import HEURISTICS, UnsupportedPolicy
-from lbagent.eval.trace import Trace
 
 SCENARIO = "trace"
 

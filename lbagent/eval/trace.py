@@ -18,6 +18,7 @@ leaves a half trace under the final name.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import math
 import os
@@ -30,7 +31,6 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
@@ -89,7 +89,7 @@ class Sample:
 
 
 Event = Arrival | Exit | Sample
-_TYPES: dict[str, type] = {"arrival": Arrival, "exit": Exit, "sample": Sample}
+_TYPES: dict[str, type[Arrival] | type[Exit] | type[Sample]] = {"arrival": Arrival, "exit": Exit, "sample": Sample}
 _NAMES = {cls: name for name, cls in _TYPES.items()}
 
 
@@ -143,7 +143,7 @@ class TraceWriter:
         os.fchmod(fd, 0o600)
         raw = os.fdopen(fd, "wb")
         self._raw = raw
-        self._out: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if self.path.suffix == ".gz" else raw
+        self._out: io.BufferedIOBase = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if self.path.suffix == ".gz" else raw
         self.write(header)
 
     def write(self, item: Header | Event) -> None:
@@ -419,6 +419,7 @@ def import_perf_script(path: str | Path) -> Trace:
             raise TraceError(f"{path}:{number}: {event} line lacks a usable field ({exc})") from None
     if not matched:
         raise TraceError(f"{path}: no sched tracepoint lines found (expected `perf script` output of `perf sched record`)")
+    assert first_ts is not None  # set by the first matched line
     header = Header(kernel=kernel, start=0.0, source="perf",
                     cpus=tuple(CpuInfo(i) for i in range(max(n_cpus, max_cpu + 1))))
     events: list[Event] = []

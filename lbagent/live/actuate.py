@@ -37,7 +37,6 @@ from lbagent.live.config import MODES, ScopeConfig
 from lbagent.live.state import Placement, StateFile, StateFileError
 
 
-
 class Outcome(StrEnum):
     """What happened to one task asked to be placed (or restored).
 
@@ -113,7 +112,7 @@ class CpusetBackend:
 
     def __init__(self, name: str = "lbagent") -> None:
         v2 = unified_root()
-        if cgroups.v2_has_cpuset(v2):
+        if v2 is not None and cgroups.v2_has_cpuset(v2):
             self.version, self.root = 2, v2
         else:
             v1 = v1_cpuset_root()

@@ -65,7 +65,7 @@ class Config:
         host, _, port = self.metrics_address.rpartition(":")
         return host.strip("[]"), int(port)
 
-    def with_overrides(self, **changes: Any) -> "Config":
+    def with_overrides(self, **changes: Any) -> Config:
         """Command-line flags win over the file (``--dry-run``, ``--policy``)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
@@ -163,7 +163,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         if not isinstance(body, dict):
             raise ConfigError(f"{source}: {section} must be a table [{section}], got {type(body).__name__}")
         for key, value in body.items():
-            values[_FLAT_NAMES.get((section, key), key) if section != "scope" else f"scope.{key}"] = (
+            values[(_FLAT_NAMES.get((section, key)) or key) if section != "scope" else f"scope.{key}"] = (
                 _checked(source, section, key, value)
             )
     scope = ScopeConfig(

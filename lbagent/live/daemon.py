@@ -24,18 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from lbagent.live import cgroups
-
 from lbagent import spaces
+from lbagent.errors import UserError
+from lbagent.hostinfo import read_cpus, unified_root
+from lbagent.live import cgroups
 from lbagent.live.actuate import Actuator
 from lbagent.live.config import Config, ConfigError, load_config
-from lbagent.errors import UserError
 from lbagent.live.metrics import Metrics, MetricsServer
 from lbagent.live.notify import Notifier
 from lbagent.live.probe.types import EventKind, Scope, Snapshot, TaskEvent
 from lbagent.live.state import StateFile, StateFileError
 from lbagent.policy import Policy, resolve_policy
-from lbagent.hostinfo import read_cpus, unified_root
 
 log = logging.getLogger("lbagent.live.daemon")
 HISTORY_PER_COMM = 32
@@ -313,7 +312,7 @@ class Daemon:
         self.notifier.ready(f"managing {self.config.scope} with {self.config.policy} via {self.probe.kind}")
         _info("ready", policy=self.config.policy, probe=self.probe.kind, mode=self.config.mode,
               dry_run=self.config.dry_run, slots=[list(s) for s in self.view.slot_masks],
-              metrics=self.server and "%s:%d" % self.server.address)
+              metrics=self.server and ":".join(map(str, self.server.address)))
         try:
             while not self.stop_requested:
                 if self.reload_requested:
@@ -363,7 +362,7 @@ class Daemon:
             tgids = list(requests)
             outcomes = self.actuator.place_many([(t, requests[t][0]) for t in tgids])
             done = time.monotonic_ns()
-            for tgid, outcome in zip(tgids, outcomes):
+            for tgid, outcome in zip(tgids, outcomes, strict=True):
                 self.metrics.inc("lbagent_placements_total", outcome=outcome.value)
                 if outcome.applied:
                     self.metrics.observe_latency((done - requests[tgid][1]) / 1e9)

@@ -11,9 +11,9 @@ import math
 import threading
 import urllib.request
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 LATENCY_BUCKETS = (
     20e-6, 50e-6, 100e-6, 200e-6, 300e-6, 500e-6, 750e-6,
@@ -78,7 +78,7 @@ class Metrics:
         lines.append(f"# HELP {name} {self.help.get(name, 'arrival (kernel timestamp) to completed placement')}")
         lines.append(f"# TYPE {name} histogram")
         running = 0
-        for bound, count in zip(h.buckets + (math.inf,), h.counts):
+        for bound, count in zip(h.buckets + (math.inf,), h.counts, strict=True):
             running += count
             le = "+Inf" if bound == math.inf else repr(bound)
             lines.append(f'{name}_bucket{{le="{le}"}} {running}')

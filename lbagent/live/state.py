@@ -119,7 +119,7 @@ class StateFile:
             pass
 
     @classmethod
-    def load(cls, path: str | Path) -> "StateFile":
+    def load(cls, path: str | Path) -> StateFile:
         """Read a state file; a missing file is an empty state, a bad one raises StateFileError."""
         p = Path(path)
         try:
@@ -142,8 +142,8 @@ class StateFile:
         if not isinstance(entries, list):
             raise StateFileError(f"state file {p}: 'placements' must be a list")
         placements = {}
-        for i, e in enumerate(entries):
-            placement = _placement(e, f"state file {p}: placement {i}")
+        for i, entry in enumerate(entries):
+            placement = _placement(entry, f"state file {p}: placement {i}")
             placements[placement.tgid] = placement
         return cls(p, placements)
 

@@ -15,7 +15,9 @@ from lbagent.spaces import RawObservation
 
 
 class Policy(Protocol):
-    name: str
+    @property
+    def name(self) -> str:
+        """What tables and logs call it: the heuristic's or shipped policy's name, or the file's path."""
 
     @property
     def metadata(self) -> Mapping[str, Any]:

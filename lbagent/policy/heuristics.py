@@ -8,8 +8,8 @@ as ``np.argmin`` (and Park's own least-load baseline) does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 

@@ -111,6 +111,8 @@ class DreamerActor:
     most likely action (evaluation, deployment); otherwise both are sampled (training data).
     """
 
+    metadata: dict  # the policy file's, set by load_policy
+
     def __init__(self, weights: Weights, arch: dict, name: str = "dreamer", greedy: bool = True,
                  reset_each_episode: bool = False):
         self.name = name
@@ -209,6 +211,8 @@ class MlpActor:
 
     Invalid choices are remapped exactly as the training adapter did (:func:`remap_masked_actions`).
     """
+
+    metadata: dict  # the policy file's, set by load_policy
 
     def __init__(self, weights: Weights, arch: dict, name: str = "a2c"):
         self.name = name

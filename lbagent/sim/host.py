@@ -154,7 +154,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         unknown_prob: float = 0.1,
         balance_interval: float = 0.004,
         util_window: float = 4.0,
-    ) -> "HostVectorEnv":
+    ) -> HostVectorEnv:
         """Replay a recorded workload: one episode is the whole trace, every row the same tasks.
 
         Arrival times are taken relative to the first one (a recording's absolute clock does not
@@ -308,10 +308,10 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
             drawn = self.space.sample(self._rng, fresh.size, self.width)
             self._trial_base.assign(fresh, drawn)
             self.w.assign(fresh, drawn)
-            if self.shift is not None:
+            if self.shift is not None and self._shifted is not None:
                 self._shifted.assign(fresh, self.shift.apply(drawn, self._rng))
             self._grow_episode(int(drawn.tasks.max()))
-        if self.shift is not None:
+        if self.shift is not None and self._shifted is not None:
             shifting = rows[self.episode_index[rows] == self.shift.at_episode]
             if shifting.size:
                 self.w.assign(shifting, self._shifted.take(shifting))

@@ -23,7 +23,8 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -65,7 +66,7 @@ class _Job:
     def __init__(self, size: int, arrival: int) -> None:
         self.size = size
         self.arrival = arrival
-        self.finish: int | None = None
+        self.finish = -1  # set when the job starts on its server
         self.server: int = -1
 
 
@@ -125,12 +126,13 @@ class ParkLoadBalanceEnv(gym.Env):
         self._now = 0
         self._draw_next_job()
         self._now, _, size = heapq.heappop(self._timeline)
+        assert isinstance(size, int)  # the only entry yet is the first arrival
         self._incoming: _Job | None = _Job(size, self._now)
 
     def _observe(self) -> np.ndarray:
         high = self.params.obs_high
         loads = []
-        for queue, current in zip(self._queues, self._current):
+        for queue, current in zip(self._queues, self._current, strict=True):
             load = sum(job.size for job in queue)
             if current is not None:
                 load += current.finish - self._now

@@ -35,8 +35,8 @@ same order (see :func:`jobs_from_draws`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -176,7 +176,7 @@ class ParkBatch:
         jobs, while the engine drew all of them; re-derive each stream's position from its seed."""
         consumed = self.drawn - self.N + self.k + 1
         self.rngs = [np.random.RandomState(s) for s in self.seeds]
-        for rng, n in zip(self.rngs, consumed):
+        for rng, n in zip(self.rngs, consumed, strict=True):
             rng.random_sample(2 * int(n))
         self.drawn = consumed
 

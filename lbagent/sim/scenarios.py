@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import math
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from lbagent.errors import UserError
 from lbagent.sim.workload import (
@@ -157,7 +158,7 @@ def parse_suite(data: Mapping[str, Any], source: str = "<memory>") -> Suite:
     _known_keys(suite, {"name", "episodes_per_trial", "description"}, "suite.", fail)
     name = _string(suite, "name", "suite.name", fail)
     episodes = _integer(suite, "episodes_per_trial", "suite.episodes_per_trial", Bound(1, 1000, True), fail)
-    description = _string(suite, "description", "suite.description", fail, required=False) or ""
+    description = _string(suite, "description", "suite.description", fail) if "description" in suite else ""
     raw = data.get("scenario")
     if not isinstance(raw, list) or not raw:
         raise fail("scenario", "missing: a suite needs at least one [[scenario]] table")
@@ -261,11 +262,9 @@ def _integer(table: Mapping, key: str, where: str, bound: Bound, fail) -> int:
     return int(_number(table[key], where, bound, fail))
 
 
-def _string(table: Mapping, key: str, where: str, fail, required: bool = True) -> str | None:
+def _string(table: Mapping, key: str, where: str, fail) -> str:
     if key not in table:
-        if required:
-            raise fail(where, "missing")
-        return None
+        raise fail(where, "missing")
     if not isinstance(table[key], str) or not table[key]:
         raise fail(where, f"expected a non-empty string, got {table[key]!r}")
     return table[key]

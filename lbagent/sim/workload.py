@@ -28,8 +28,9 @@ The families:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -74,12 +75,12 @@ class Workload:
     def rows(self) -> int:
         return int(self.cpus.shape[0])
 
-    def assign(self, rows: np.ndarray, other: "Workload") -> None:
+    def assign(self, rows: np.ndarray, other: Workload) -> None:
         """Overwrite ``rows`` with the rows of ``other`` (same order), e.g. at a trial start."""
         for f in fields(self):
             getattr(self, f.name)[rows] = getattr(other, f.name)
 
-    def take(self, rows: np.ndarray) -> "Workload":
+    def take(self, rows: np.ndarray) -> Workload:
         return Workload(**{f.name: getattr(self, f.name)[rows].copy() for f in fields(self)})
 
     def arrival_rate(self) -> np.ndarray:
@@ -202,9 +203,10 @@ class WorkloadSpace:
         if self.capacities is not None:
             return len(self.capacities)
         s = self.spec("cpus")
+        assert not isinstance(s, Choice)  # a numeric key: Fixed or Range, never a family choice
         return int(s.hi if isinstance(s, Range) else s.value)
 
-    def with_overrides(self, overrides: Mapping[str, Spec]) -> "WorkloadSpace":
+    def with_overrides(self, overrides: Mapping[str, Spec]) -> WorkloadSpace:
         return replace(self, specs={**self.specs, **overrides})
 
     def sample(self, rng: np.random.Generator, n: int, width: int) -> Workload:
@@ -277,7 +279,7 @@ class StepDraws:
     bg_v: np.ndarray  # (B, C) its new state
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, batch: int, width: int) -> "StepDraws":
+    def draw(cls, rng: np.random.Generator, batch: int, width: int) -> StepDraws:
         return cls(
             expo=rng.standard_exponential(batch),
             burst=rng.random(batch),
@@ -289,7 +291,7 @@ class StepDraws:
             bg_v=rng.random((batch, width)),
         )
 
-    def take(self, rows: np.ndarray) -> "StepDraws":
+    def take(self, rows: np.ndarray) -> StepDraws:
         return StepDraws(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
 

@@ -172,7 +172,7 @@ class BpfProbe:
                 util=min(1.0, max(0.0, (busy - p_busy) / window)),
                 arrivals=arrivals - p_arrivals,
             )
-            for cpu, (runq, busy, arrivals), (p_runq, p_busy, p_arrivals) in zip(self.cpus, totals, self._prev)
+            for cpu, (runq, busy, arrivals), (p_runq, p_busy, p_arrivals) in zip(self.cpus, totals, self._prev, strict=True)
         )
         self._prev_t, self._prev = now, totals
         return Snapshot(t_ns=now, window_ns=window, cpus=cpus, lost=self.lost())

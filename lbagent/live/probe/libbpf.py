@@ -197,11 +197,18 @@ class BpfObject:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _handle(self) -> int:
+        """The open object: after close() libbpf would be handed a NULL pointer."""
+        if self._obj is None:
+            raise LibbpfError(f"{self.path}: BPF object already closed", errno_mod.EBADF)
+        return self._obj
+
     def _iterate(self, next_fn: Callable[[int, int | None], int | None]) -> Iterator[int]:
-        ptr = next_fn(self._obj, None)
+        obj = self._handle()
+        ptr = next_fn(obj, None)
         while ptr:
             yield ptr
-            ptr = next_fn(self._obj, ptr)
+            ptr = next_fn(obj, ptr)
 
     def map(self, name: str) -> Map:
         """A map by name; global-variable maps by their section suffix (``.bss``, ``.rodata``)."""
@@ -212,7 +219,7 @@ class BpfObject:
         raise LibbpfError(f"map {name!r} in {self.path}", errno_mod.ENOENT)
 
     def load(self) -> None:
-        _check_rc(f"bpf_object__load({os.path.basename(self.path)})", library().bpf_object__load(self._obj))
+        _check_rc(f"bpf_object__load({os.path.basename(self.path)})", library().bpf_object__load(self._handle()))
 
     def attach_all(self) -> list[str]:
         """Attach every program by its SEC() name; on any failure detach what was attached."""
