@@ -125,3 +125,66 @@ def test_mlp_actor_runs_the_sb3_network_shape(tmp_path):
     assert np.abs(policy.logits(obs) - expected).max() < 1e-4
     mask = np.ones((5, N_ACTIONS), bool)
     assert (policy.act(obs, None, mask) == expected.argmax(-1)).all()
+
+
+def _rewritten(policy_path, dest, weights=None, meta_text=None, **arch):
+    """A copy of the fixture's policy with some weights, arch fields or the raw metadata replaced."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    with safe_open(str(policy_path), framework="numpy") as f:
+        meta = json.loads(f.metadata()["lbagent"])
+    meta["arch"].update(arch)
+    save_file({**load_file(str(policy_path)), **(weights or {})}, str(dest),
+              metadata={"lbagent": meta_text if meta_text is not None else json.dumps(meta)})
+    return dest
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_weight_is_refused_naming_the_tensor(tmp_path, policy_path, value):
+    weights, _ = read_policy_file(policy_path)
+    head = weights["actor.head.out.bias"].copy()
+    head[3] = value
+    bad = _rewritten(policy_path, tmp_path / "nan.safetensors", weights={"actor.head.out.bias": head})
+    with pytest.raises(PolicyFileError, match=r"nan\.safetensors: tensor 'actor\.head\.out\.bias' holds 1 NaN or Inf"):
+        load_policy(bad)
+
+
+@pytest.mark.parametrize(("field", "value", "why"), [
+    ("classes", 2**24, r"arch\.classes is 16777216, outside \[1, 256\]"),
+    ("stoch", 0, r"arch\.stoch is 0, outside"),
+    ("deter", 10**9, r"arch\.deter is 1000000000, outside \[1, 4096\]"),
+    ("actor_hidden", "8", r"arch\.actor_hidden is '8', expected an integer"),
+    ("deter", 16.0, r"arch\.deter is 16\.0, expected an integer"),
+    ("unimix", float("nan"), r"arch\.unimix is nan, outside"),
+    ("ln_eps", True, r"arch\.ln_eps is True, expected a number"),
+    ("layers", 10**6, r"arch\.layers is 1000000, outside \[1, 16\]"),
+    ("greedy", "yes", r"arch\.greedy is 'yes', expected true or false"),
+])
+def test_an_architecture_beyond_sane_bounds_is_refused_before_allocating(tmp_path, policy_path, field, value, why):
+    bad = _rewritten(policy_path, tmp_path / "arch.safetensors", **{field: value})
+    with pytest.raises(PolicyFileError, match=rf"arch\.safetensors: {why}"):
+        load_policy(bad)
+
+
+def test_an_a2c_policy_with_an_absurd_layer_count_is_refused(tmp_path):
+    w = {"action.weight": np.zeros((N_ACTIONS, OBS_DIM)), "action.bias": np.zeros(N_ACTIONS)}
+    path = save_policy(tmp_path / "a2c.safetensors", w, {"algorithm": "a2c", "arch": {"layers": 2**40}})
+    with pytest.raises(PolicyFileError, match=r"a2c\.safetensors: arch\.layers is 1099511627776, outside \[0, 16\]"):
+        load_policy(path)
+    assert isinstance(load_policy(save_policy(path, w, {"algorithm": "a2c", "arch": {"layers": 0}})), MlpActor)
+
+
+def test_deeply_nested_metadata_is_refused_in_one_line(tmp_path, policy_path):
+    bad = _rewritten(policy_path, tmp_path / "deep.safetensors", meta_text="[" * 100_000 + "]" * 100_000)
+    with pytest.raises(PolicyFileError, match=r"deep\.safetensors: policy metadata is nested too deeply"):
+        load_policy(bad)
+
+
+def test_cli_eval_refuses_a_nan_policy_in_one_line(tmp_path, policy_path):
+    weights, _ = read_policy_file(policy_path)
+    bad = _rewritten(policy_path, tmp_path / "nan.safetensors",
+                     weights={"wm.encoder.hidden.0.weight": np.full_like(weights["wm.encoder.hidden.0.weight"], np.nan)})
+    result = CliRunner().invoke(main, ["eval", "--policies", str(bad), "--suite", "park", "--episodes", "1"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().count("\n") == 0 and "tensor 'wm.encoder.hidden.0.weight' holds" in result.output

@@ -129,3 +129,58 @@ def test_sim_train_set_errors_exit_2_before_a_run_starts(tmp_path):
     assert not out.exists()
     result = runner.invoke(main, ["sim-train", "--algo", "a2c", "--out", str(out), "--set", "bc_floor=1"])
     assert result.exit_code == 2 and "--set is for --algo dreamer" in result.output
+
+
+def test_a_checkpointed_host_env_continues_exactly_as_the_original():
+    """The codec round-trip on host dynamics (the resume test above runs park): same decisions,
+    same observations and rewards, the RNG included (a new trial draws a new workload)."""
+    from lbagent.agent.checkpoint import decode, encode
+    from lbagent.agent.train import make_suite_env
+
+    env = make_suite_env("train", 3, 11)
+    obs, info = env.reset(seed=11)
+    for _ in range(40):
+        obs, *_, info = env.step(info["action_mask"].argmax(-1))
+    copy = decode(encode(env))
+    assert copy is not env and copy.w is not env.w
+    for _ in range(400):
+        action = info["action_mask"].argmax(-1)
+        obs, reward, term, _, info = env.step(action)
+        obs2, reward2, term2, _, _ = copy.step(action)
+        assert np.array_equal(obs, obs2) and np.array_equal(reward, reward2) and np.array_equal(term, term2)
+
+
+class _WritesAMarker:
+    """What a hostile checkpoint can hold: unpickling it would run ``Path.write_text``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.write_text, (Path(self.marker), "code ran"))
+
+
+def test_resuming_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    from click.testing import CliRunner
+
+    from lbagent.cli import main
+
+    marker = tmp_path / "marker"
+    torch.save({"preset": "smoke", "counters": _WritesAMarker(marker)}, tmp_path / "checkpoint.pt")
+    result = CliRunner().invoke(main, ["sim-train", "--preset", "smoke", "--out", str(tmp_path), "--resume"])
+    assert result.exit_code == 2, result.output
+    assert "checkpoint.pt: refused: not a data-only checkpoint" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not marker.exists()
+    assert not (tmp_path / "metrics.jsonl").exists()  # refused before the run started
+
+
+def test_a_checkpoint_naming_a_class_outside_the_project_is_refused(tmp_path):
+    from lbagent.agent.checkpoint import TAG, CheckpointError, load_checkpoint
+
+    for name in ("subprocess:Popen", "lbagent.agent.train:np.random.Generator", "lbagent.agent.train:Path"):
+        torch.save({"preset": "smoke", "x": {TAG: "object", "class": name, "fields": {}}}, tmp_path / "c.pt")
+        with pytest.raises(CheckpointError, match=r"c\.pt: refused: (class|no class) "):
+            load_checkpoint(tmp_path / "c.pt")

@@ -4,7 +4,10 @@ action, a CPU leaving a task's cpuset, the BPF probe unavailable at start, the e
 from __future__ import annotations
 
 import os
+import re
+import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,9 +18,10 @@ from lbagent.bench.daemon import free_port
 from lbagent.bench.demo import DaemonProcess, demo_config
 from lbagent.live.config import parse_config
 from lbagent.live.daemon import Daemon
-from lbagent.live.metrics import parse, scrape
+from lbagent.live.metrics import IDLE_TIMEOUT, MAX_CONNECTIONS, parse, scrape
 from livehost import SLEEPER, masks, sleepers, spawn_in, stop, v1_cpuset
 from test_daemon import AlwaysSlot, free, log_lines, pinned, scope, wait_for  # noqa: F401 (scope is a fixture)
+from test_service import UNIT
 
 pytestmark = pytest.mark.kernel
 CPU0, CPU1 = frozenset({0}), frozenset({1})
@@ -157,3 +161,86 @@ def test_ring_buffer_full_every_dropped_event_is_counted(scope):
                             capture_output=True, text=True, timeout=20)
     assert f"{lost:.0f}" in status.stdout and "lost" in status.stdout, status.stdout
     assert d.stop() == 0
+
+
+# ------------------------------------------------------------------ file descriptors (issue 13, item 4)
+def fds_of(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def idle_connections(address: str, n: int) -> list[socket.socket]:
+    """``n`` clients that connect to the metrics port and never send a byte (as a slowloris does).
+
+    Non-blocking connects: a daemon that stops accepting fills its listen backlog, and the clients
+    beyond it wait in SYN_SENT instead of blocking the test."""
+    host, port = address.rsplit(":", 1)
+    clients = []
+    for _ in range(n):
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex((host, int(port)))
+        clients.append(c)
+    return clients
+
+
+def answers(address: str) -> bool:
+    try:
+        return "lbagent_decisions_total" in scrape(address, timeout=1.0)
+    except OSError:
+        return False
+
+
+def test_idle_metrics_connections_cannot_exhaust_the_daemon(scope):
+    """300 idle clients against a daemon allowed 40 file descriptors more than it has at start:
+    it still places new tasks, answers a scrape once the idle ones time out, and SIGTERM restores
+    every mask and exits 0."""
+    path, directory, tmp = scope
+    address = f"127.0.0.1:{free_port()}"
+    d = DaemonProcess(demo_config(path, tmp / "state.json", metrics=address), "round_robin", tmp)
+    baseline = fds_of(d.proc.pid)
+    unit = dict(re.findall(r"^(\w+)=(.*)$", UNIT.read_text(), re.M))
+    assert int(unit["LimitNOFILE"]) >= 4 * (baseline + MAX_CONNECTIONS)  # the unit's bound leaves room
+    resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE, (baseline + 40, baseline + 40))
+    clients = idle_connections(address, 300)
+    try:
+        time.sleep(0.5)  # the daemon has seen every connection by now
+        assert fds_of(d.proc.pid) <= baseline + MAX_CONNECTIONS + 2
+        with sleepers(directory, 3, threads=1) as procs:
+            wait_for(lambda: all(pinned(p.pid) for p in procs), what="placements with 300 idle clients")
+            start = time.monotonic()
+            wait_for(lambda: answers(address), timeout=IDLE_TIMEOUT + 5, what="a scrape after the idle ones time out")
+            assert time.monotonic() - start <= IDLE_TIMEOUT + 5
+            assert d.stop(signal.SIGTERM) == 0
+            assert all(free(p.pid) for p in procs)
+    finally:
+        for c in clients:
+            c.close()
+    assert not any("Traceback" in line for line in d.log_path.read_text().splitlines())
+
+
+def listening_fd(pid: int, port: int) -> int:
+    """The descriptor number of a process's TCP socket listening on ``port``."""
+    with open(f"/proc/{pid}/net/tcp") as f:
+        inodes = {line.split()[9] for line in f.readlines()[1:]
+                  if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A"}
+    (fd,) = [int(fd) for fd in os.listdir(f"/proc/{pid}/fd")
+             if os.readlink(f"/proc/{pid}/fd/{fd}").removeprefix("socket:[").rstrip("]") in inodes]
+    return fd
+
+
+def test_sigterm_restores_every_mask_even_with_no_file_descriptor_left(scope):
+    """Tasks placed, then RLIMIT_NOFILE lowered to the metrics socket's number, so every descriptor
+    number the daemon may use is taken and closing that socket frees none it may reuse: only the
+    descriptors reserved at start are left for restoring. SIGTERM frees every task and exits 0."""
+    path, directory, tmp = scope
+    port = free_port()
+    d = DaemonProcess(demo_config(path, tmp / "state.json", metrics=f"127.0.0.1:{port}"), "round_robin", tmp)
+    with sleepers(directory, 4, threads=1) as procs:
+        wait_for(lambda: all(pinned(p.pid) for p in procs), what="placements")
+        limit = listening_fd(d.proc.pid, port)
+        resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE, (limit, limit))
+        assert set(range(limit)) <= {int(fd) for fd in os.listdir(f"/proc/{d.proc.pid}/fd")}  # none free below it
+        assert d.stop(signal.SIGTERM) == 0, d.tail()
+        assert all(free(p.pid) for p in procs)
+    assert not (tmp / "state.json").exists()
+    assert not any("Traceback" in line for line in d.log_path.read_text().splitlines())

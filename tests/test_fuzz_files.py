@@ -4,6 +4,7 @@ and a failed write leaves nothing half-written behind."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import stat
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from lbagent import spaces
@@ -44,6 +45,7 @@ def valid_policy_bytes() -> bytes:
 
 
 TRACE, TRACE_GZ, POLICY = valid_trace_bytes(False), valid_trace_bytes(True), valid_policy_bytes()
+HEADER_LINE = TRACE.decode().splitlines()[0]
 edits = st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=6)
 
 
@@ -273,3 +275,85 @@ def test_record_to_a_read_only_directory_exits_2_and_leaves_nothing(tmp_path):
         assert result.exit_code == 2 and "Traceback" not in result.output
         assert result.output == f"lbagent: error: {mnt}/t.jsonl: cannot write the trace here (Read-only file system)\n"
         assert os.listdir(mnt) == []
+
+
+# ------------------------------------------------------------------ hostile values, depths and lengths
+extreme_floats = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(
+    [0.0, -0.0, 5e-324, 1e-300, 1e-9, 1e-3, 64.0, 1e6, 1e300, 1.7e308, -1e6, -1.7e308])
+"""Any double, and the values at and past the edges of the ranges the trace reader admits."""
+
+
+@st.composite
+def trace_numbers(draw):
+    """CPU capacities and (arrival, runtime) pairs from the admitted ranges, with at most one
+    number replaced by an extreme one: each hostile value meets an otherwise valid trace."""
+    caps = draw(st.lists(st.floats(1e-3, 64.0), min_size=1, max_size=3))
+    jobs = draw(st.lists(st.tuples(st.floats(-1e6, 1e6), st.floats(1e-9, 1e6)), min_size=1, max_size=4))
+    numbers = caps + [x for job in jobs for x in job]
+    hostile = draw(st.integers(-1, len(numbers) - 1))
+    if hostile >= 0:
+        numbers[hostile] = draw(extreme_floats)
+    flat = numbers[len(caps):]
+    return numbers[: len(caps)], list(zip(flat[::2], flat[1::2], strict=True))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(trace_numbers())
+@example(([0.0, 1.0], [(0.1, 0.2)]))
+@example(([1e-300], [(0.1, 0.2), (0.2, 0.3)]))
+@example(([1.0], [(0.1, 5e-324), (0.2, 0.3)]))
+@example(([1.0], [(-1.7e308, 0.2), (1.7e308, 0.3)]))
+def test_any_capacities_times_and_runtimes_are_refused_in_one_line_or_replay_finitely(tmp_path, numbers):
+    """Whatever numbers a trace holds: the reader names the line and field, or every figure of the
+    replay is finite."""
+    from lbagent.errors import UserError
+    from lbagent.eval.replay import replay, replay_jobs
+
+    caps, jobs = numbers
+    lines = [json.dumps({"type": "header", "schema": 1, "kernel": "k", "start": 0.0, "source": "bpf",
+                         "cpus": [{"cpu": i, "capacity": c} for i, c in enumerate(caps)]})]
+    for i, (t, runtime) in enumerate(jobs):
+        lines.append(json.dumps({"type": "arrival", "t": t, "pid": i, "tgid": i, "comm": "w", "cpu": 0}))
+        lines.append(json.dumps({"type": "exit", "t": t, "pid": i, "tgid": i, "comm": "w", "cpu": 0, "runtime": runtime}))
+    path = tmp_path / "values.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    try:
+        jobs_in = replay_jobs(read_trace(path), str(path))
+    except UserError as e:
+        assert str(e).startswith(f"{path}") and "\n" not in str(e)
+        event("refused")
+        return
+    event("replayed")
+    report = replay(jobs_in, ["lwl"], 1, 0, "fuzz")
+    for r in report.results:
+        assert np.isfinite([r.mean_jct, r.p99_jct, r.mean_slowdown]).all(), (caps, jobs, r)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(1, 300_000), st.sampled_from("[{"))
+def test_any_nesting_depth_is_a_trace_error_never_a_recursion_error(tmp_path, depth, opener):
+    nested = "[" * depth + "]" * depth if opener == "[" else '{"a":' * depth + "1" + "}" * depth
+    path = tmp_path / "deep.jsonl"
+    path.write_text(HEADER_LINE + "\n" + nested + "\n")
+    with pytest.raises(TraceError, match=rf"^{path}:2: "):
+        read_trace(path)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(-300, 300), st.booleans(), st.booleans())
+def test_lines_are_read_up_to_the_limit_and_refused_past_it(tmp_path, over, gz, final_newline):
+    """A record ``over`` bytes from the line limit: read when within it, refused past it, gzip or not,
+    last line or not."""
+    from lbagent.eval.trace import MAX_LINE_BYTES
+
+    stub = json.dumps({"type": "arrival", "t": 0.1, "pid": 5, "tgid": 5, "comm": "", "cpu": 0})
+    line = stub.replace('"comm": ""', '"comm": "' + "x" * (MAX_LINE_BYTES + over - len(stub)) + '"')
+    assert len(line) == MAX_LINE_BYTES + over
+    data = (HEADER_LINE + "\n" + line + ("\n" if final_newline else "")).encode()
+    path = tmp_path / ("long.jsonl.gz" if gz else "long.jsonl")
+    path.write_bytes(gzip.compress(data, compresslevel=1) if gz else data)
+    if over <= 0:
+        assert len(read_trace(path).events) == 1
+    else:
+        with pytest.raises(TraceError, match=rf"^{path}:2: line longer than the {MAX_LINE_BYTES}-byte limit$"):
+            read_trace(path)

@@ -105,3 +105,30 @@ def test_status_without_a_daemon_is_one_line_and_exit_2():
     assert out.returncode == 2
     assert out.stderr.startswith(f"lbagent: error: no lbagent daemon answering at {address}: ")
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_server_closes_connections_over_the_cap_at_once_and_idle_ones_after_the_timeout():
+    import time
+
+    from lbagent.live.metrics import IDLE_TIMEOUT, MAX_CONNECTIONS
+
+    m = Metrics()
+    m.inc("lbagent_decisions_total", action="kernel")
+    server = MetricsServer(m, "127.0.0.1", 0)
+    address = f"{server.address[0]}:{server.address[1]}"
+    try:
+        idle = [socket.create_connection(server.address, timeout=IDLE_TIMEOUT + 3) for _ in range(MAX_CONNECTIONS)]
+        time.sleep(0.3)  # every one of them holds a handler thread now
+        extra = socket.create_connection(server.address, timeout=2)
+        start = time.monotonic()
+        assert extra.recv(1) == b"" and time.monotonic() - start < 1.0  # closed at once, not queued
+        extra.close()
+        with pytest.raises(OSError):
+            scrape(address, timeout=1.0)
+        assert all(c.recv(1) == b"" for c in idle)  # each closed by the server when its silence ran out
+        assert time.monotonic() - start <= IDLE_TIMEOUT + 1.5
+        assert 'lbagent_decisions_total{action="kernel"} 1.0' in scrape(address)
+        for c in idle:
+            c.close()
+    finally:
+        server.close()

@@ -56,6 +56,8 @@ def test_every_capability_is_justified_and_the_essentials_are_set():
     # The demo and the bench run the daemon with the unit's scheduling.
     assert settings["CPUSchedulingPolicy"] == "fifo" and int(settings["CPUSchedulingPriority"]) == UNIT_RT_PRIORITY
     assert settings["LimitRTTIME"] == ":".join(f"{u // 1_000_000}s" for u in UNIT_RTTIME_US)
+    # A bound of its own on descriptors (test_faults checks it against a running daemon's count).
+    assert 128 <= int(settings["LimitNOFILE"]) <= 4096
 
 
 def test_install_keeps_an_edited_config_and_uninstall_removes(installed):

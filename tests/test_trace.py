@@ -7,6 +7,8 @@ import gzip
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +203,135 @@ def test_not_gzip_but_named_gz_reads_as_text(tmp_path):
     path = tmp_path / "plain.jsonl.gz"
     path.write_text(_header() + "\n" + ARRIVAL + "\n")
     assert len(read_trace(path).events) == 1
+
+
+# ---- hostile values, sizes and shapes (issue 13, item 8): one line, exit 2, through the real CLI
+
+
+def _jobs_trace(tmp_path, capacities, jobs, name="hostile.jsonl") -> Path:
+    """A trace of tasks (arrival t, runtime) on CPUs of the given capacities, written by the real writer."""
+    header = Header(kernel="k", start=0.0, source="bpf", cpus=tuple(CpuInfo(i, c) for i, c in enumerate(capacities)))
+    events = [Arrival(t, 100 + i, 100 + i, "w", 0) for i, (t, _) in enumerate(jobs)]
+    events += [Exit(t + 1.0, 100 + i, 100 + i, "w", 0, runtime) for i, (t, runtime) in enumerate(jobs)]
+    path = tmp_path / name
+    write_trace(path, Trace(header, events))
+    return path
+
+
+def _replay_fails(path, message, policies="lwl") -> None:
+    result = CliRunner().invoke(main, ["replay", str(path), "--policies", policies, "--episodes", "1"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"lbagent: error: {path}") and result.output.count("\n") == 1, result.output
+    assert message in result.output, result.output
+
+
+@pytest.mark.parametrize("capacities, message", [
+    ((0.0, 1.0), ":1, cpus[0]: field 'capacity' must be in [0.001, 64], got 0.0"),
+    ((1.0, 1e300), ":1, cpus[1]: field 'capacity' must be in [0.001, 64], got 1e+300"),
+    ((1e-300, 1.0), ":1, cpus[0]: field 'capacity' must be in [0.001, 64], got 1e-300"),
+])
+def test_cli_replay_refuses_absurd_capacities(tmp_path, capacities, message):
+    _replay_fails(_jobs_trace(tmp_path, capacities, [(0.1, 0.2), (0.2, 0.3)]), message)
+
+
+@pytest.mark.parametrize("jobs, message", [
+    ([(1e307, 0.2), (1.7e308, 0.3)], ":2: field 't' must be in [-1e+06, 1e+06], got 1e+307"),
+    ([(-1.7e308, 0.2), (0.2, 0.3)], ":2: field 't' must be in [-1e+06, 1e+06], got -1.7e+308"),
+    ([(0.1, 1e300), (0.2, 0.3)], ":4: field 'runtime' must be in [0, 1e+06], got 1e+300"),
+    ([(0.1, 5e-324), (0.2, 0.3)], ":4: field 'runtime' must be 0 (unknown) or at least 1e-09 s, got 5e-324"),
+])
+def test_cli_replay_refuses_absurd_times_and_runtimes(tmp_path, jobs, message):
+    _replay_fails(_jobs_trace(tmp_path, (1.0,), jobs), message)
+
+
+def test_replay_at_the_value_bounds_gives_finite_results(tmp_path):
+    """The extremes the reader admits, together: every number in the report is finite."""
+    path = _jobs_trace(tmp_path, (64.0, 0.001), [(-1e6, 1e6), (-1e6 + 1e-9, 1e-9), (0.0, 1e-9), (1e6 - 2, 1e6)])
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["replay", str(path), "--policies", "lwl,random", "--episodes", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    numbers = [v for r in json.loads(out.read_text())["results"]
+               for v in (r["mean_jct"], r["p99_jct"], r["mean_slowdown"], r["ratio_to_best_heuristic"])]
+    assert len(numbers) >= 4 * 2
+    assert all(np.isfinite(numbers)), numbers
+
+
+def test_cli_replay_refuses_very_deep_json(tmp_path):
+    path = _lines(tmp_path, "deep.jsonl", [_header(), "[" * 200_000 + "]" * 200_000])
+    _replay_fails(path, ":2: JSON nested too deeply for a trace record")
+
+
+def test_cli_replay_refuses_more_tasks_at_one_instant_than_the_task_table(tmp_path):
+    from lbagent.sim.host import MAX_TASK_TABLE
+
+    path = _jobs_trace(tmp_path, (1.0,), [(0.5, 1.0)] * (MAX_TASK_TABLE + 1))
+    _replay_fails(path, f": {MAX_TASK_TABLE + 1} tasks arrive at t = 0.5 s, the simulator holds at most "
+                        f"{MAX_TASK_TABLE} tasks at once")
+
+
+def test_cli_replay_names_the_task_table_limit_when_the_trace_overloads_its_cpu(tmp_path):
+    """Distinct instants, but each task needs a second and they come every microsecond."""
+    from lbagent.sim.host import MAX_TASK_TABLE
+
+    path = _jobs_trace(tmp_path, (1.0,), [(i * 1e-6, 1.0) for i in range(MAX_TASK_TABLE + 10)])
+    _replay_fails(path, f": under lwl, more than {MAX_TASK_TABLE} tasks are in the simulator at once")
+
+
+def _policy_with(tmp_path, name: str, arch: dict | None = None, meta_text: str | None = None) -> Path:
+    """A real MLP policy file, its arch or whole metadata replaced (the writer would refuse neither)."""
+    from safetensors.numpy import save_file
+
+    from lbagent.spaces import CONTRACT_VERSION, N_ACTIONS, OBS_DIM
+
+    meta = {"format": "lbagent-policy", "format_version": 1, "contract_version": CONTRACT_VERSION, "obs_dim": OBS_DIM,
+            "n_actions": N_ACTIONS, "algorithm": "a2c", "arch": arch or {"layers": 0}}
+    path = tmp_path / name
+    save_file({"action.weight": np.zeros((N_ACTIONS, OBS_DIM), np.float32), "action.bias": np.zeros(N_ACTIONS, np.float32)},
+              str(path), metadata={"lbagent": meta_text or json.dumps(meta)})
+    return path
+
+
+@pytest.mark.parametrize("command", ["replay", "eval"])
+def test_cli_replay_and_eval_refuse_a_huge_architecture_or_deeply_nested_metadata(tmp_path, command):
+    trace = _jobs_trace(tmp_path, (1.0,), [(0.1, 0.2), (0.2, 0.3)])
+    target = [str(trace)] if command == "replay" else ["--suite", "park"]
+    for policy, message in (
+        (_policy_with(tmp_path, "huge.safetensors", arch={"layers": 2**31}), "arch.layers is 2147483648, outside [0, 16]"),
+        (_policy_with(tmp_path, "deep.safetensors", meta_text="{\"a\":" * 100_000 + "1" + "}" * 100_000),
+         "policy metadata is nested too deeply to be a policy's"),
+    ):
+        result = CliRunner().invoke(main, [command, *target, "--policies", str(policy), "--episodes", "1"])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == f"lbagent: error: {policy}: {message}"  # (rich's live display adds a blank line)
+
+
+def test_cli_eval_refuses_a_deeply_nested_suite_file(tmp_path):
+    suite = tmp_path / "deep.toml"
+    suite.write_text('[suite]\nname = "x"\n[[scenario]]\nname = "a"\ndynamics = "host"\ncpus = '
+                     + "[" * 100_000 + "]" * 100_000 + "\n")
+    result = CliRunner().invoke(main, ["eval", "--suite", str(suite), "--policies", "lwl", "--episodes", "1"])
+    assert result.exit_code == 2, result.output
+    assert result.output == f"lbagent: error: {suite}: TOML nested too deeply for a scenario suite\n"
+
+
+def test_a_gzip_member_inflating_without_a_newline_stops_at_the_line_limit_in_bounded_memory(tmp_path):
+    """256 MiB of one line (256 KiB compressed): the reader stops at 1 MiB, and its peak memory shows
+    it never held the line (measured in a fresh interpreter: VmHWM, the peak of its own memory map;
+    getrusage's max RSS would carry over the forking pytest's peak across exec)."""
+    from lbagent.eval.trace import MAX_LINE_BYTES
+
+    path = tmp_path / "bomb.jsonl.gz"
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(_header().encode() + b"\n")
+        block = b"a" * (1 << 20)
+        for _ in range(256):
+            f.write(block)
+    assert path.stat().st_size < 2 << 20
+    code = ("import re, sys\nfrom lbagent.eval.trace import read_trace, TraceError\n"
+            "try:\n    read_trace(sys.argv[1])\nexcept TraceError as e:\n    print(e)\n"
+            "print(int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)) // 1024)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    message, peak_mib = out.stdout.splitlines()
+    assert message == f"{path}:2: line longer than the {MAX_LINE_BYTES}-byte limit"
+    assert int(peak_mib) < 100, f"peak {peak_mib} MiB"  # 33 measured; 601 before the chunked reader
+

@@ -6,9 +6,9 @@ held-out seeds now and then; checkpoint everything that influences the future (w
 optimizers, replay, the envs with their RNGs, numpy and torch RNG states) so a resumed run is
 bit-for-bit the uninterrupted one; finally write a policy file.
 
-Checkpoints are pickles of the trainer's state (the env objects hold Python state that has no tensor
-form). They are private, local training state; policy files, which are shipped and loaded by the
-daemon, are safetensors and never pickles.
+Checkpoints are data only (:mod:`lbagent.agent.checkpoint`): the env and actor objects are taken
+apart into tensors and primitives and read back with ``torch.load(weights_only=True)``, so resuming
+a checkpoint someone else made cannot run their code. Policy files are safetensors.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lbagent.agent.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lbagent.agent.config import DreamerConfig
 from lbagent.agent.dreamer import DreamerAgent
 from lbagent.agent.replay_buffer import SequenceReplay
@@ -273,15 +274,16 @@ class DreamerTrainer:
             "actor": self.actor, "env": self.env, "obs": self.obs, "raw": self.raw, "mask": self.mask,
             "trial_first": self.trial_first, "counters": self.counters, "torch_rng": self.torch_rng,
         }
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.checkpoint_path)
-        return self.checkpoint_path
+        return save_checkpoint(self.checkpoint_path, state)
 
     @classmethod
     def restore(cls, out: Path, env_steps: int | None = None) -> DreamerTrainer:
-        """Rebuild a trainer from ``out/checkpoint.pt`` (a trusted, self-written pickle)."""
-        state = torch.load(Path(out) / "checkpoint.pt", weights_only=False)
+        """Rebuild a trainer from ``out/checkpoint.pt``; a :class:`CheckpointError` for one that is
+        not data only."""
+        path = Path(out) / "checkpoint.pt"
+        state = load_checkpoint(path)
+        if state.get("preset") not in PRESETS:
+            raise CheckpointError(f"{path}: refused: unknown preset {state.get('preset')!r}")
         preset = PRESETS[state["preset"]]
         cfg = DreamerConfig.from_dict(state["config"])
         if env_steps is not None:

@@ -28,6 +28,7 @@ from lbagent.eval.evaluate import (
 from lbagent.eval.trace import Trace
 from lbagent.policy import resolve_policy
 from lbagent.policy.heuristics import HEURISTICS, UnsupportedPolicy
+from lbagent.sim.host import MAX_TASK_TABLE, TaskTableFull
 
 SCENARIO = "trace"
 
@@ -39,6 +40,8 @@ class ReplayJobs:
     capacities: tuple[float, ...]
     unfinished: int
     unsized: int
+    source: str = "trace"
+    """Where the tasks came from (the trace's path), for messages."""
 
 
 def replay_jobs(trace: Trace, name: str = "trace") -> ReplayJobs:
@@ -51,7 +54,11 @@ def replay_jobs(trace: Trace, name: str = "trace") -> ReplayJobs:
     if len(capacities) > spaces.MAX_SLOTS:
         raise UserError(f"{name}: {len(capacities)} CPUs, the simulator models at most {spaces.MAX_SLOTS}")
     times = times[sized]
-    return ReplayJobs(times - times[0], sizes[sized], capacities, unfinished, int((~sized).sum()))
+    instants, together = np.unique(times, return_counts=True)
+    if together.max() > MAX_TASK_TABLE:
+        raise UserError(f"{name}: {together.max()} tasks arrive at t = {instants[together.argmax()]:g} s, the "
+                        f"simulator holds at most {MAX_TASK_TABLE} tasks at once")
+    return ReplayJobs(times - times[0], sizes[sized], capacities, unfinished, int((~sized).sum()), name)
 
 
 def replay(jobs: ReplayJobs, specs: Sequence[str], episodes: int, seed: int, title: str,
@@ -67,6 +74,9 @@ def replay(jobs: ReplayJobs, specs: Sequence[str], episodes: int, seed: int, tit
             stats = run_trials(resolve_policy(spec, seed), make_env, episodes, 1, seed, on_episode)
         except UnsupportedPolicy as exc:
             return PolicyResult(spec, None, None, None, note=str(exc))
+        except TaskTableFull:
+            raise UserError(f"{jobs.source}: under {spec}, more than {MAX_TASK_TABLE} tasks are in the simulator "
+                            f"at once (the trace overloads its CPUs)") from None
         return summarize(spec, {SCENARIO: [ep for row in stats for ep in row]})
 
     results = [run(spec) for spec in specs]

@@ -35,10 +35,22 @@ from pathlib import Path
 import numpy as np
 
 from lbagent.errors import UserError
+from lbagent.sim.workload import CAPACITY_RANGE
 
 SCHEMA = 1
 MAX_TRACE_BYTES = 1 << 30
 """Refuse traces whose (decompressed) text exceeds this: a typo'd path must not eat the memory."""
+MAX_LINE_BYTES = 1 << 20
+"""The longest line read: a header of a 4096-CPU host is ~150 KB; a gzip member that inflates to
+gigabytes without a newline stops here, not in memory."""
+READ_CHUNK = 1 << 20
+"""Decompressed bytes read at a time, so both limits apply while reading, not after."""
+MAX_SECONDS = 1e6
+"""Largest |t| (11.6 days): float64 still resolves a nanosecond-long task at twice this (ulp 4.7e-10 s);
+beyond it the simulator's clock sums lose short tasks, and near 1e308 they overflow."""
+MIN_RUNTIME, MAX_RUNTIME = 1e-9, 1e6
+"""A known runtime is at least the clock's nanosecond (a slowdown divides by it) and at most as long
+as a trace; 0 means unknown (the task is counted as unsized and not replayed)."""
 
 
 class TraceError(UserError, ValueError):
@@ -198,24 +210,39 @@ def write_trace(path: str | Path, trace: Trace) -> None:
 
 
 def _lines(path: Path, max_bytes: int) -> Iterator[tuple[int, bytes]]:
-    """Numbered raw lines, with gzip damage and the size guard turned into TraceError."""
+    """Numbered raw lines, with gzip damage and the size guards turned into TraceError.
+
+    Read in chunks and split here (not ``for line in f``, which holds a whole line however long it
+    is before anything can be checked), so memory stays within two chunks and a line."""
     if path.stat().st_size > max_bytes:
         raise TraceError(f"{path}: {path.stat().st_size} bytes exceeds the {max_bytes}-byte limit")
     with open(path, "rb") as raw:
         gzipped = raw.read(2) == b"\x1f\x8b"
     opener = gzip.open if gzipped else open
-    total = 0
+    total, number, pending = 0, 0, b""
     try:
         with opener(path, "rb") as f:
-            for number, line in enumerate(f, start=1):
-                total += len(line)
+            while chunk := f.read(READ_CHUNK):
+                total += len(chunk)
                 if total > max_bytes:
                     raise TraceError(f"{path}: decompressed size exceeds the {max_bytes}-byte limit")
-                yield number, line
+                *complete, pending = (pending + chunk).split(b"\n")
+                for line in complete:
+                    number += 1
+                    _check_line_length(path, number, line)
+                    yield number, line
+                _check_line_length(path, number + 1, pending)
+        if pending:
+            yield number + 1, pending
     except EOFError:
         raise TraceError(f"{path}: truncated gzip stream (the file was cut short)") from None
     except (gzip.BadGzipFile, zlib.error) as exc:
         raise TraceError(f"{path}: corrupt gzip data ({exc})") from None
+
+
+def _check_line_length(path: Path, number: int, line: bytes) -> None:
+    if len(line) > MAX_LINE_BYTES:
+        raise TraceError(f"{path}:{number}: line longer than the {MAX_LINE_BYTES}-byte limit")
 
 
 _FIELD_TYPES = {
@@ -223,6 +250,12 @@ _FIELD_TYPES = {
     "comm": str, "capacity": float, "kernel": str, "start": float, "source": str, "schema": int,
     "runq": float, "util": float, "arrivals": int,
 }
+
+
+_RANGES = {
+    "t": (-MAX_SECONDS, MAX_SECONDS), "start": (0, 1e11), "runtime": (0, MAX_RUNTIME), "capacity": CAPACITY_RANGE,
+}
+"""Closed ranges of the numeric fields that differ from [0, inf)."""
 
 
 def _value(where: str, record: dict, name: str, optional: bool = False):
@@ -238,8 +271,11 @@ def _value(where: str, record: dict, name: str, optional: bool = False):
     if not ok:
         raise TraceError(f"{where}: field {name!r} must be {'a string' if kind is str else f'a finite {kind.__name__}'}, "
                          f"got {value!r}")
-    if kind is not str and name not in ("t", "start") and value < 0:
-        raise TraceError(f"{where}: field {name!r} must be >= 0, got {value!r}")
+    lo, hi = _RANGES.get(name, (0, math.inf))
+    if kind is not str and not lo <= value <= hi:
+        raise TraceError(f"{where}: field {name!r} must be in [{lo:g}, {hi:g}], got {value!r}")
+    if name == "runtime" and 0 < value < MIN_RUNTIME:
+        raise TraceError(f"{where}: field 'runtime' must be 0 (unknown) or at least {MIN_RUNTIME:g} s, got {value!r}")
     return kind(value)
 
 
@@ -301,6 +337,8 @@ def _parse_lines(path: Path, lines: Iterable[tuple[int, bytes]]) -> Trace:
             record = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise TraceError(f"{where}: not valid JSON ({exc})") from None
+        except RecursionError:
+            raise TraceError(f"{where}: JSON nested too deeply for a trace record") from None
         if not isinstance(record, dict):
             raise TraceError(f"{where}: expected a JSON object, got {type(record).__name__}")
         if trace is None:

@@ -30,6 +30,7 @@ from lbagent.hostinfo import read_cpus, unified_root
 from lbagent.live import cgroups
 from lbagent.live.actuate import Actuator
 from lbagent.live.config import Config, ConfigError, load_config
+from lbagent.live.fdreserve import FdReserve
 from lbagent.live.metrics import Metrics, MetricsServer
 from lbagent.live.notify import Notifier
 from lbagent.live.probe.types import EventKind, Scope, Snapshot, TaskEvent
@@ -229,6 +230,7 @@ class Daemon:
         self.probe_scope = resolve_scope(config)
         self.policy = policy or resolve_policy(config.policy)
         self.policy.begin_trial(1, 0)
+        self.reserve = FdReserve()  # so that restoring at the end cannot fail for want of descriptors
         self.server = self._bind_metrics(config)
         try:
             state = StateFile(config.state_file)
@@ -239,6 +241,7 @@ class Daemon:
         except BaseException:
             if self.server is not None:
                 self.server.close()
+            self.reserve.release()
             raise
         self._register_metrics()
         self.snap = self.probe.snapshot()
@@ -441,11 +444,12 @@ class Daemon:
 
     def shutdown(self) -> None:
         self.notifier.stopping()
+        if self.server is not None:
+            self.server.close()  # first: no new connection may take the descriptors released next
+        self.reserve.release()
         outcomes = self.actuator.restore_all()
         _info("stopped: restored every changed task", outcomes=dict(outcomes), decisions=self.decisions)
         self.probe.close()
-        if self.server is not None:
-            self.server.close()
 
 
 def resolve_scope(config: Config) -> Scope:

@@ -2,18 +2,31 @@
 
 A handful of counters, gauges and one histogram do not justify a client library: this module
 renders the text exposition format itself and serves it from a daemon thread, so a slow scraper
-never delays a placement.
+never delays a placement. The server holds at most :data:`MAX_CONNECTIONS` connections, each for at
+most :data:`IDLE_TIMEOUT` seconds of silence: idle clients cannot take the file descriptors the
+daemon needs to place and restore tasks (one thread and one descriptor each, unbounded, did).
 """
 
 from __future__ import annotations
 
+import errno
 import math
+import socket
 import threading
+import time
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+MAX_CONNECTIONS = 8
+"""Connections served at once; one more is closed as soon as it is accepted. A scrape takes
+milliseconds, so eight is room for several scrapers and ``lbagent status`` together."""
+IDLE_TIMEOUT = 5.0
+"""Seconds a connection may stay silent (no request line, no header) before it is closed."""
+ACCEPT_BACKOFF = 0.1
+"""Seconds the server waits after an accept fails for want of descriptors, instead of spinning."""
 
 LATENCY_BUCKETS = (
     20e-6, 50e-6, 100e-6, 200e-6, 300e-6, 500e-6, 750e-6,
@@ -120,8 +133,8 @@ class MetricsServer:
             def log_message(self, *args) -> None:
                 pass  # scrapes are not news
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        Handler.timeout = IDLE_TIMEOUT  # set on each connection's socket by StreamRequestHandler
+        self.httpd = _BoundedServer((host, port), Handler)
         self.address = self.httpd.server_address[:2]
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
         self.thread.start()
@@ -129,6 +142,44 @@ class MetricsServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A threading HTTP server with at most :data:`MAX_CONNECTIONS` handler threads."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type) -> None:
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(address, handler)
+
+    def get_request(self) -> tuple[socket.socket, tuple]:
+        try:
+            return super().get_request()
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                time.sleep(ACCEPT_BACKOFF)  # the listening socket stays readable: do not spin on it
+            raise  # socketserver drops a failed accept and polls again
+
+    def verify_request(self, request, client_address) -> bool:
+        """Over the cap: refused, and socketserver closes the connection at once."""
+        return self.slots.acquire(blocking=False)
+
+    def process_request(self, request, client_address) -> None:
+        try:
+            super().process_request(request, client_address)  # starts the handler thread
+        except BaseException:
+            self.slots.release()  # no thread, so nobody else gives the slot back
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hung up mid-answer: nothing to report (socketserver would print a traceback)."""
 
 
 # ------------------------------------------------------------------------------------ reading

@@ -16,6 +16,7 @@ import numpy as np
 
 from lbagent.errors import UserError
 from lbagent.policy import Policy
+from lbagent.policy.numpy_actor import arch_fault
 from lbagent.spaces import CONTRACT_VERSION, MAX_SLOTS, N_ACTIONS, OBS_DIM
 
 FORMAT = "lbagent-policy"
@@ -87,7 +88,6 @@ def read_policy_file(name_or_path: str | os.PathLike) -> tuple[dict[str, np.ndar
 
         with safe_open(str(path), framework="numpy") as f:
             header = f.metadata() or {}
-        weights = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise PolicyFileError(f"{path}: not a readable safetensors policy file (truncated or corrupt?): {exc}") from None
     if "lbagent" not in header:
@@ -96,7 +96,14 @@ def read_policy_file(name_or_path: str | os.PathLike) -> tuple[dict[str, np.ndar
         meta = json.loads(header["lbagent"])
     except json.JSONDecodeError as exc:
         raise PolicyFileError(f"{path}: policy metadata is not valid JSON: {exc}") from None
-    _check_metadata(path, meta)
+    except RecursionError:
+        raise PolicyFileError(f"{path}: policy metadata is nested too deeply to be a policy's") from None
+    _check_metadata(path, meta)  # the sizes in it are checked before any tensor is read
+    try:
+        weights = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PolicyFileError(f"{path}: not a readable safetensors policy file (truncated or corrupt?): {exc}") from None
+    _check_finite(path, weights)
     return weights, meta
 
 
@@ -117,6 +124,17 @@ def _check_metadata(path: Path, meta: dict) -> None:
         raise PolicyFileError(f"{path}: unknown algorithm {meta.get('algorithm')!r} (known: {', '.join(ALGORITHMS)})")
     if not isinstance(meta.get("arch"), dict):
         raise PolicyFileError(f"{path}: metadata lacks the 'arch' table")
+    fault = arch_fault(meta["algorithm"], meta["arch"])
+    if fault:
+        raise PolicyFileError(f"{path}: {fault}")
+
+
+def _check_finite(path: Path, weights: dict[str, np.ndarray]) -> None:
+    """A NaN or Inf weight makes every logit NaN, whose argmax is slot 0: every task on one CPU."""
+    for name in sorted(weights):
+        bad = int(weights[name].size - np.count_nonzero(np.isfinite(weights[name])))
+        if bad:
+            raise PolicyFileError(f"{path}: tensor {name!r} holds {bad} NaN or Inf value(s) of {weights[name].size}")
 
 
 def load_policy(name_or_path: str | os.PathLike, greedy: bool | None = None, reset_each_episode: bool = False) -> Policy:

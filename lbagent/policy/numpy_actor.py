@@ -20,6 +20,40 @@ DTYPE = np.float32
 """The actors compute in float32, as torch trains: half the memory traffic of float64 (a decision
 reads every weight once, so at B = 1 bandwidth sets the latency) and well within the 1e-5 match."""
 _EYE_ACTIONS = np.eye(N_ACTIONS, dtype=DTYPE)
+MAX_WIDTH = 4096
+"""Widest layer an actor may ask for (the shipped ones use 128): a 4096-wide square weight is 64 MiB,
+so anything the 256 MiB policy-file limit admits stays under it."""
+MAX_CATEGORIES = 256
+"""Stochastic latents and their classes; ``np.eye(classes)`` and the one-hot state grow with them."""
+MAX_LAYERS = 16
+ARCH_LIMITS: dict[str, dict[str, tuple[type, float, float]]] = {
+    "dreamer": {"deter": (int, 1, MAX_WIDTH), "stoch": (int, 1, MAX_CATEGORIES), "classes": (int, 1, MAX_CATEGORIES),
+                "actor_hidden": (int, 1, MAX_WIDTH), "unimix": (float, 0.0, 1.0), "ln_eps": (float, 1e-12, 1.0)},
+    "a2c": {"layers": (int, 0, MAX_LAYERS)},
+}
+"""What each actor reads from its ``arch`` table, with the type and the closed range a file may give;
+checked by :func:`arch_fault` before anything is allocated from it."""
+OPTIONAL_ARCH = {"units": (int, 1, MAX_WIDTH), "layers": (int, 1, MAX_LAYERS)}
+"""Recorded by the trainer for humans; bounded all the same when present."""
+
+
+def arch_fault(algorithm: str, arch: dict) -> str | None:
+    """Why an ``arch`` table must not be built (a missing, mistyped, non-finite or out-of-range
+    size: a file asking for ``classes = 2**24`` would allocate TiBs), or None when it may."""
+    limits = ARCH_LIMITS[algorithm]
+    for key, (kind, lo, hi) in {**OPTIONAL_ARCH, **limits}.items():
+        if key not in arch:
+            if key in limits:
+                return f"arch.{key} is missing"
+            continue
+        value = arch[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+            return f"arch.{key} is {value!r}, expected {'a number' if kind is float else 'an integer'}"
+        if not (lo <= value <= hi):  # also false for NaN
+            return f"arch.{key} is {value!r}, outside [{lo}, {hi}]"
+    if "greedy" in arch and not isinstance(arch["greedy"], bool):
+        return f"arch.greedy is {arch['greedy']!r}, expected true or false"
+    return None
 
 
 def remap_masked_actions(actions: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -50,8 +50,10 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from lbagent import spaces
+from lbagent.errors import UserError
 from lbagent.sim.base import EpisodeStats
 from lbagent.sim.workload import (
+    CAPACITY_RANGE,
     Fixed,
     Shift,
     StepDraws,
@@ -64,6 +66,10 @@ from lbagent.sim.workload import (
 INITIAL_TASK_TABLE = 32
 MAX_TASK_TABLE = 8192
 """Tasks in one environment at once; the table doubles on demand up to this, then refuses."""
+
+
+class TaskTableFull(UserError, RuntimeError):
+    """More tasks at once than :data:`MAX_TASK_TABLE`: a workload that overloads its CPUs."""
 TICK_EPS = 1e-9
 """Relative slack so a tick computed from a clock that sits on a tick boundary is not missed."""
 TIE_EPS = 1e-9
@@ -90,8 +96,9 @@ class FixedSchedule:
             raise ValueError("trace arrival times must be non-negative and ascending")
         if np.any(w <= 0):
             raise ValueError("trace work must be positive")
-        if not 1 <= len(self.capacities) <= spaces.MAX_SLOTS or min(self.capacities) <= 0:
-            raise ValueError(f"trace needs 1 to {spaces.MAX_SLOTS} positive CPU capacities")
+        lo, hi = CAPACITY_RANGE
+        if not 1 <= len(self.capacities) <= spaces.MAX_SLOTS or not all(lo <= c <= hi for c in self.capacities):
+            raise ValueError(f"trace needs 1 to {spaces.MAX_SLOTS} CPU capacities in [{lo}, {hi}]")
         if self.predicted is not None and np.shape(self.predicted) != w.shape:
             raise ValueError("trace predicted work must match the work array")
 
@@ -277,7 +284,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
     def _grow_tasks(self) -> None:
         N = self.t_active.shape[1]
         if 2 * N > MAX_TASK_TABLE:
-            raise RuntimeError(
+            raise TaskTableFull(
                 f"host sim: more than {N} tasks in one environment at once; the workload overloads "
                 f"the CPUs (lower its load or tasks per episode)"
             )

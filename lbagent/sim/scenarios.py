@@ -36,6 +36,7 @@ from typing import Any
 from lbagent.errors import UserError
 from lbagent.sim.workload import (
     ARRIVALS,
+    CAPACITY_RANGE,
     DEFAULTS,
     SHIFTABLE,
     SIZES,
@@ -74,7 +75,7 @@ class Bound:
 NUMERIC: dict[str, Bound] = {
     "cpus": Bound(1, 16, integer=True),
     "tasks": Bound(1, 100_000, integer=True),
-    "capacity": Bound(0, 64, lo_open=True),
+    "capacity": Bound(*CAPACITY_RANGE),
     "background": Bound(0, 0.95),
     "bg_prob": Bound(0, 1),
     "bg_period": Bound(0, 1e6, lo_open=True),
@@ -144,6 +145,8 @@ def load_suite(name_or_path: str | Path) -> Suite:
         raise ScenarioError(f"{path}: cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ScenarioError(f"{path}: TOML nested too deeply for a scenario suite") from None
     return parse_suite(data, str(path))
 
 

@@ -39,6 +39,9 @@ SIZES: tuple[str, ...] = ("pareto", "lognormal", "bimodal", "uniform")
 POISSON, BURSTY, DIURNAL = range(3)
 PARETO, LOGNORMAL, BIMODAL, UNIFORM = range(4)
 BIMODAL_SIGMA = 0.2
+CAPACITY_RANGE = (1e-3, 64.0)
+"""CPU capacities any workload (scenario, trace) may give: outside it the time a task takes on one
+CPU is so far from the others' that an episode's float sums lose it or reach inf."""
 DIURNAL_NEWTON_STEPS = 6
 
 
