@@ -226,9 +226,9 @@ def _replay_fails(path, message, policies="lwl") -> None:
 
 
 @pytest.mark.parametrize("capacities, message", [
-    ((0.0, 1.0), ":1, cpus[0]: field 'capacity' must be in [0.001, 64], got 0.0"),
+    ((0.0, 1.0), ":1: cpus[0]: field 'capacity' must be in [0.001, 64], got 0.0"),
     ((1.0, 1e300), ":1, cpus[1]: field 'capacity' must be in [0.001, 64], got 1e+300"),
-    ((1e-300, 1.0), ":1, cpus[0]: field 'capacity' must be in [0.001, 64], got 1e-300"),
+    ((1e-300, 1.0), ":1: cpus[0]: field 'capacity' must be in [0.001, 64], got 1e-300"),
 ])
 def test_cli_replay_refuses_absurd_capacities(tmp_path, capacities, message):
     _replay_fails(_jobs_trace(tmp_path, capacities, [(0.1, 0.2), (0.2, 0.3)]), message)

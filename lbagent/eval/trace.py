@@ -283,7 +283,7 @@ def _cpus(where: str, record: dict, fields: tuple[str, ...]) -> list[dict]:
     cpus = record.get("cpus")
     if not isinstance(cpus, list) or not cpus or not all(isinstance(c, dict) for c in cpus):
         raise TraceError(f"{where}: field 'cpus' must be a non-empty list of objects")
-    return [{name: _value(f"{where}, cpus[{i}]", c, name) for name in fields} for i, c in enumerate(cpus)]
+    return [{name: _value(f"{where}: cpus[{i}]", c, name) for name in fields} for i, c in enumerate(cpus)]
 
 
 def _parse_header(where: str, record: dict) -> Header:
