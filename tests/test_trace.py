@@ -227,7 +227,7 @@ def _replay_fails(path, message, policies="lwl") -> None:
 
 @pytest.mark.parametrize("capacities, message", [
     ((0.0, 1.0), ":1: cpus[0]: field 'capacity' must be in [0.001, 64], got 0.0"),
-    ((1.0, 1e300), ":1, cpus[1]: field 'capacity' must be in [0.001, 64], got 1e+300"),
+    ((1.0, 1e300), ":1: cpus[1]: field 'capacity' must be in [0.001, 64], got 1e+300"),
     ((1e-300, 1.0), ":1: cpus[0]: field 'capacity' must be in [0.001, 64], got 1e-300"),
 ])
 def test_cli_replay_refuses_absurd_capacities(tmp_path, capacities, message):
