@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -158,3 +159,23 @@ def sleepers(d: Path | None, n: int = 0, threads: int = 0):
     finally:
         for p in procs:
             stop(p)
+
+
+NOBODY = 65534
+
+
+def as_nobody(action: Callable[[], object]) -> None:
+    """Run ``action`` in a forked child with uid and gid ``nobody``: what another user on the host can do."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            action()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the action failed as nobody"
