@@ -7,9 +7,11 @@ tests run on a shared machine.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -179,3 +181,14 @@ def as_nobody(action: Callable[[], object]) -> None:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the action failed as nobody"
+
+
+@contextmanager
+def shared_directory():
+    """A directory every user may write, like /tmp itself, where ``nobody`` can reach it."""
+    d = Path(tempfile.mkdtemp(prefix="lbagent-t-shared-", dir="/tmp"))
+    d.chmod(0o1777)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d)

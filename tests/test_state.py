@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import stat
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from lbagent.live.state import Placement, StateFile, StateFileError, boot_id
-from livehost import NOBODY, as_nobody
+from livehost import NOBODY, as_nobody, shared_directory
 
 
 def _state(tmp_path, directory: str = "run") -> StateFile:
@@ -82,11 +80,8 @@ def _saved(directory) -> StateFile:
 
 @pytest.fixture
 def shared():
-    """A directory every user can write, like /tmp, where ``nobody`` can reach it."""
-    d = Path(tempfile.mkdtemp(prefix="lbagent-t-shared-", dir="/tmp"))
-    d.chmod(0o1777)
-    yield d
-    shutil.rmtree(d)
+    with shared_directory() as d:
+        yield d
 
 
 def test_a_directory_other_users_can_write_is_refused_and_their_links_are_not_followed(tmp_path, shared):

@@ -6,7 +6,8 @@ is enabled, else the v1 cpuset hierarchy). Whatever the policy asks, the rules b
 load balancer that pins the wrong task can hurt a host far more than a bad placement can:
 
 - never a kernel thread (``PF_KTHREAD``), a task that refuses affinity changes
-  (``PF_NO_SETAFFINITY``), PID 1, the daemon itself, or a task outside the configured scope;
+  (``PF_NO_SETAFFINITY``), PID 1, the daemon itself, or a task outside the configured scope (a
+  scope cgroup covers its subtree) -- and restoring a mask obeys these rules as placing one does;
 - a mask is always clipped to what the task's own cpuset allows, and never widened beyond it;
 - the original mask is written to the state file *before* the change, with the task's start time;
   restoring checks the start time, so a PID reused by another task is never touched;
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lbagent.live import cgroups
-from lbagent.live.config import ScopeConfig
+from lbagent.live.probe.types import Scope
 from lbagent.live.state import Placement, StateFile, StateFileError
 
 PF_KTHREAD = 0x00200000
@@ -73,15 +74,14 @@ def thread_ids(pid: int) -> list[int]:
         raise ProcessLookupError(pid) from None
 
 
-def in_scope(scope: ScopeConfig, pid: int, comm: str, groups: dict[str, str]) -> bool:
-    """The actuator's own scope check: the probe filters too, but a policy must never widen it."""
+def in_scope(scope: Scope, pid: int, comm: str, groups: dict[str, str]) -> bool:
+    """The actuator's own scope check (the probe's rule, subtree included): the probe filters too,
+    but a policy must never widen it. Only what the scope restricts is read from /proc."""
     if scope.comms and comm not in scope.comms:
-        return False
-    if scope.cgroups and groups.get("", "/") not in scope.cgroups:
-        return False
-    if scope.uids and read_uid(pid) not in scope.uids:
-        return False
-    return True
+        return False  # the cheapest test first: no cgroup walk or status read for most outsiders
+    root = cgroups.unified_root() if scope.by_cgroup else None
+    ancestry = cgroups.ancestry(root, groups.get("", "/")) if root is not None else []
+    return scope.matches(ancestry, comm, read_uid(pid) if scope.uids else -1)
 
 
 class CpusetBackend:
@@ -172,7 +172,7 @@ class Actuator:
     def __init__(
         self,
         mode: str,
-        scope: ScopeConfig,
+        scope: Scope,
         state: StateFile,
         *,
         dry_run: bool = False,
@@ -240,12 +240,17 @@ class Actuator:
         self.errors[kind] += 1
         return f"error:{kind}"
 
-    def _prepare(self, tgid: int, slot_cpus: frozenset[int]) -> Placement | str:
+    def _rules(self, tgid: int, start: int | None = None) -> str | tuple[TaskInfo, dict[str, str]]:
+        """The rules every change obeys, a placement or a restore alike: the outcome of a refusal,
+        or the task's identity and cgroups. ``start``: the start time the task must still have."""
         if tgid <= 1:
             return self._refuse("pid1")
         if tgid == self.own_tgid:
             return self._refuse("self")
         info = read_task(tgid)
+        if start is not None and info.start != start:
+            self.refusals["reused_pid"] += 1
+            return "reused_pid"
         if info.flags & PF_NO_SETAFFINITY:
             return self._refuse("no_setaffinity")
         if info.flags & PF_KTHREAD:
@@ -253,6 +258,13 @@ class Actuator:
         groups = cgroups.task_cgroups(tgid)
         if not in_scope(self.scope, tgid, info.comm, groups):
             return self._refuse("out_of_scope")
+        return info, groups
+
+    def _prepare(self, tgid: int, slot_cpus: frozenset[int]) -> Placement | str:
+        checked = self._rules(tgid)
+        if isinstance(checked, str):
+            return checked
+        info, groups = checked
         allowed = cgroups.cpuset_allowed(tgid, groups)
         target = slot_cpus & allowed
         if not target or (self.mode == "cpuset" and target != slot_cpus):
@@ -302,14 +314,19 @@ class Actuator:
         self.state.placements.pop(tgid, None)
 
     def restore(self, p: Placement) -> str:
-        """Undo one placement: ``restored``, ``gone``, ``reused_pid`` or ``error:<kind>``."""
+        """Undo one placement: ``restored``, ``gone``, ``reused_pid``, ``refused:<rule>`` or ``error:<kind>``.
+
+        A restore changes a mask as much as a placement does, and its record may come from a
+        previous run: it obeys the same rules (never a kernel thread, PID 1, the daemon itself or a
+        task out of scope), and a thread whose mask is no longer the one applied is left alone."""
         try:
-            info = read_task(p.tgid)
+            checked = self._rules(p.tgid, p.start)
         except ProcessLookupError:
             return "gone"
-        if info.start != p.start:
-            self.refusals["reused_pid"] += 1
-            return "reused_pid"
+        except OSError as e:
+            return self._error(e)
+        if isinstance(checked, str):
+            return checked
         try:
             if p.mode == "cpuset" and p.cgroup is not None:
                 backend = self.cpusets or CpusetBackend()
@@ -334,7 +351,7 @@ class Actuator:
         """Undo every placement (clean stop); the state file goes, the cgroups lbagent made too."""
         outcomes = Counter(self.restore(p) for p in list(self.state.placements.values()))
         self.state.placements.clear()
-        if not self.dry_run:  # a dry run never wrote the file: it may be a real daemon's
+        if self.state.locked or not self.dry_run:  # a dry run's file is not its own: it may be a real daemon's
             self.state.remove()
         if self.cpusets is not None:
             self.cpusets.teardown()

@@ -173,8 +173,11 @@ class StateFile:
     def move_aside(self) -> Path:
         """Keep a state file that cannot be trusted for the operator to look at, out of the daemon's way."""
         aside = f"{self.path.name}.corrupt-{int(time.time())}"
-        with self._directory(create=False) as d:
-            os.rename(self.path.name, aside, src_dir_fd=d, dst_dir_fd=d)
+        try:
+            with self._directory(create=False) as d:
+                os.rename(self.path.name, aside, src_dir_fd=d, dst_dir_fd=d)
+        except OSError as e:
+            raise StateFileError(f"state file {self.path}: cannot move it aside to {aside}: {_reason(e)}") from None
         return self.path.with_name(aside)
 
     @classmethod
@@ -317,6 +320,6 @@ def _placement(e: object, where: str) -> Placement:
     if not originals:
         raise StateFileError(f"{where}: 'originals' is empty")
     cgroup = e.get("cgroup")
-    if cgroup is not None and not (isinstance(cgroup, str) and cgroup.startswith("/")):
-        raise StateFileError(f"{where}: 'cgroup' must be null or an absolute path, got {brief(cgroup)}")
+    if cgroup is not None and not (isinstance(cgroup, str) and cgroup.startswith("/") and ".." not in cgroup.split("/")):
+        raise StateFileError(f"{where}: 'cgroup' must be null or an absolute path without '..', got {brief(cgroup)}")
     return Placement(tgid, start, need("comm", str), mode, cpus(e.get("applied"), "applied"), originals, cgroup)

@@ -31,6 +31,7 @@ from pyroute2.netlink.connector.cn_proc import (
     proc_event_control,
 )
 
+from lbagent.live import cgroups
 from lbagent.live.probe.cpus import online_cpus
 from lbagent.live.probe.netlink import MulticastListener
 from lbagent.live.probe.taskstats import TaskExitStats
@@ -94,17 +95,13 @@ def cgroup2_mount() -> str | None:
 
 
 def cgroup_ids(pid: int, mount: str | None) -> list[int]:
-    """The v2 cgroup ids (directory inodes, as the BPF side reads kn->id) of a process's cgroup
-    and its ancestors, root first, its own last; [0] without a v2 hierarchy."""
+    """The v2 cgroup ids of a process's cgroup and its ancestors (:func:`cgroups.ancestry`); [0]
+    without a v2 hierarchy."""
     if mount is None:
         return [0]
     for line in (PROC / str(pid) / "cgroup").read_text().splitlines():
         if line.startswith("0::"):
-            path, ids = Path(mount), [os.stat(mount).st_ino]
-            for part in Path(line[3:].strip()).parts[1:]:
-                path = path / part
-                ids.append(os.stat(path).st_ino)
-            return ids
+            return cgroups.ancestry(Path(mount), line[3:].strip())
     return [0]
 
 
@@ -238,12 +235,9 @@ class ProcfsProbe:
             raise FileNotFoundError(pid)
         if info.flags & PF_KTHREAD:
             return None
-        cgroup = 0
-        if self.scope.cgroup_ids:  # a scope cgroup covers its subtree, as on the BPF side
-            ids = cgroup_ids(pid, self._cgroup_mount)
-            cgroup = next((i for i in ids if i in self.scope.cgroup_ids), ids[-1])
+        ancestry = cgroup_ids(pid, self._cgroup_mount) if self.scope.by_cgroup else []
         info = replace(info, uid=real_uid(pid))
-        return info if self.scope.matches(cgroup, info.comm, info.uid) else None
+        return info if self.scope.matches(ancestry, info.comm, info.uid) else None
 
     def _maybe_arrive(self, tgid: int, cpu: int, ts_ns: int, parent: int = 0) -> TaskEvent | None:
         """Same rule as the BPF probe: a process enters the scope once, at fork or at exec. A child
