@@ -7,6 +7,7 @@ tests run on a shared machine.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -192,3 +193,24 @@ def shared_directory():
         yield d
     finally:
         shutil.rmtree(d)
+
+
+@contextmanager
+def bounded(seconds: int, memory: int = 1 << 30):
+    """Fail a call that blocks (a FIFO's open), loops or floods memory (a read of /dev/zero) instead
+    of waiting for it: an alarm after ``seconds``, and at most ``memory`` more bytes of address space,
+    so a regression ends in TimeoutError or MemoryError, not in the kernel's OOM killer on a shared host."""
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+    old_limit = resource.getrlimit(resource.RLIMIT_AS)
+    old_handler = signal.signal(signal.SIGALRM, expire)
+    resource.setrlimit(resource.RLIMIT_AS, (size + memory, old_limit[1]))
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old_handler)
+        resource.setrlimit(resource.RLIMIT_AS, old_limit)

@@ -153,7 +153,8 @@ def test_an_untrusted_state_file_is_moved_aside_and_a_safe_scan_frees_tasks(scop
             os.chown(state, NOBODY, NOBODY)
         else:
             STRANGE_STATE[case](state)
-        d = DaemonProcess(demo_config(path, state), "kernel", tmp)
+        capped = ["prlimit", f"--as={8 << 30}", "--"]  # a reader flooded by /dev/zero fails, not the host
+        d = DaemonProcess(demo_config(path, state), "kernel", tmp, wrapper=capped)
         (error,) = [e for e in log_lines(d) if e["level"] == "error"]
         assert error["msg"].startswith(f"state file {state}: ") and error["rescued"] == 1
         assert free(stuck.pid) and not os.path.lexists(state) and len(list(tmp.glob("state.json.corrupt-*"))) == 1

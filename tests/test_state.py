@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from lbagent.live.state import Placement, StateFile, StateFileError, boot_id
-from livehost import NOBODY, as_nobody, shared_directory
+from livehost import NOBODY, as_nobody, bounded, shared_directory
 
 
 def _state(tmp_path, directory: str = "run") -> StateFile:
@@ -142,21 +140,6 @@ def test_stale_temporary_files_are_removed_when_the_lock_is_taken(tmp_path):
 
 
 # ------------------------------------------------------------------ files that hang, crash or flood a reader
-@contextmanager
-def within(seconds: int):
-    """Fail a call that blocks or loops instead of returning (a FIFO's open, a read of /dev/zero)."""
-    def expire(signum, frame):
-        raise TimeoutError(f"still reading after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def _write_private(path: Path, text: str) -> None:
     """As the daemon writes it (0600), so that only the content is wrong."""
     path.write_text(text)
@@ -189,6 +172,6 @@ def test_strange_state_files_are_refused_at_once_in_one_short_line(tmp_path, cas
     make, reason = STRANGE_STATE[case]
     path = tmp_path / "state.json"
     make(path)
-    with within(5), pytest.raises(StateFileError, match=f"^state file {path}: .*{reason}") as e:
+    with bounded(5), pytest.raises(StateFileError, match=f"^state file {path}: .*{reason}") as e:
         StateFile.load(path)
     assert "\n" not in str(e.value) and len(str(e.value)) < 400
