@@ -10,6 +10,8 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -39,8 +41,32 @@ def entry(pid: int, applied, originals, comm: str = "python") -> dict:
             "originals": {str(t): sorted(originals) for t in masks(pid)}, "cgroup": None}
 
 
+@contextmanager
+def running(config_text: str, policy: str | None, workdir: Path) -> Iterator[DaemonProcess]:
+    """A real ``lbagent run``, READY on entry and stopped (if the test has not) on the way out."""
+    d = DaemonProcess(config_text, policy, workdir)
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
 def messages(d: DaemonProcess, prefix: str) -> list[dict]:
     return [e for e in log_lines(d) if e["msg"].startswith(prefix)]
+
+
+def sighup(d: DaemonProcess, outcome: str, n: int = 1) -> dict:
+    """Reload, and wait for the ``n``-th log line starting with ``outcome`` (``reloaded``, ``reload rejected``)."""
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: len(messages(d, outcome)) >= n, what=f"{outcome} #{n}")
+    return messages(d, outcome)[n - 1]
+
+
+def places_then_stops_cleanly(d: DaemonProcess, directory: Path, what: str, n: int = 1) -> None:
+    """The daemon still works: new tasks in ``directory`` get placed, and SIGTERM frees them again."""
+    with sleepers(directory, n, threads=1) as procs:
+        wait_for(lambda: all(pinned(p.pid) for p in procs), what=what)
+        assert d.stop() == 0 and all(free(p.pid) for p in procs)
 
 
 # ------------------------------------------------------------------ 1. the state file is root's alone
@@ -115,13 +141,10 @@ def test_a_dry_run_goes_live_on_sighup_only_with_the_state_files_lock(scope):
         with sleepers(directory, 2) as procs:
             wait_for(lambda: all(pinned(p.pid) for p in procs), what="the live daemon's placements")
             dry.config.write_text(demo_config(path, state))
-            dry.proc.send_signal(signal.SIGHUP)
-            wait_for(lambda: messages(dry, "reload rejected"), what="the rejected switch to live")
-            assert "another lbagent daemon is using it" in messages(dry, "reload rejected")[0]["reason"]
+            assert "another lbagent daemon is using it" in sighup(dry, "reload rejected")["reason"]
             live.stop(signal.SIGKILL)  # a crash: its tasks stay pinned, its state file names them
             assert all(pinned(p.pid) for p in procs)
-            dry.proc.send_signal(signal.SIGHUP)
-            wait_for(lambda: messages(dry, "reloaded"), what="the switch to live")
+            sighup(dry, "reloaded")
             assert all(free(p.pid) for p in procs)  # restored from the crashed daemon's record first
             procs.append(spawn_in(directory))
             wait_for(lambda: pinned(procs[-1].pid), what="a placement by the daemon now live")
@@ -173,23 +196,16 @@ BAD_RELOADS = {
 @pytest.mark.kernel
 def test_sighup_with_a_config_that_would_hang_or_crash_the_reader_is_rejected_and_the_daemon_goes_on(scope):
     path, directory, tmp = scope
-    d = DaemonProcess(demo_config(path, tmp / "state.json"), "round_robin", tmp)
-    good = d.config.read_text()
-    try:
+    with running(demo_config(path, tmp / "state.json"), "round_robin", tmp) as d:
+        good = d.config.read_text()
         for n, (make, reason) in enumerate(BAD_RELOADS.values(), 1):
             d.config.unlink()
             make(d.config)
-            d.proc.send_signal(signal.SIGHUP)
-            wait_for(lambda: len(messages(d, "reload rejected")) == n, what=f"rejection {n}")
-            assert messages(d, "reload rejected")[-1]["reason"] == f"{d.config}: " + (
+            assert sighup(d, "reload rejected", n)["reason"] == f"{d.config}: " + (
                 f"refused as a config file: {reason}" if n < 3 else f"not a config: {reason}")
         d.config.unlink()
         d.config.write_text(good)
-        with sleepers(directory, 1, threads=1) as procs:
-            wait_for(lambda: pinned(procs[0].pid), what="a placement after the rejections")
-            assert d.stop() == 0 and free(procs[0].pid)
-    finally:
-        d.stop()
+        places_then_stops_cleanly(d, directory, "a placement after the rejections")
 
 
 @pytest.mark.kernel
@@ -199,37 +215,25 @@ def test_a_reload_whose_new_probe_cannot_open_is_rejected_and_the_old_probe_kept
     path, directory, tmp = scope
     obj = tmp / "lbprobe.bpf.o"
     shutil.copy(DEFAULT_OBJECT, obj)
-    d = DaemonProcess(demo_config(path, tmp / "state.json", probe="bpf", bpf_object=str(obj)), "round_robin", tmp)
-    try:
+    with running(demo_config(path, tmp / "state.json", probe="bpf", bpf_object=str(obj)), "round_robin", tmp) as d:
         obj.unlink()
         d.config.write_text(d.config.read_text().replace(f'"{path}"', f'"{path}", "/lbagent-t-later"'))
-        d.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: messages(d, "reload rejected"), what="the rejection")
-        assert "BPF object missing" in messages(d, "reload rejected")[0]["reason"]
-        with sleepers(directory, 1) as procs:
-            wait_for(lambda: pinned(procs[0].pid), what="a placement through the old probe")
-            assert d.stop() == 0 and free(procs[0].pid)
-    finally:
-        d.stop()
+        assert "BPF object missing" in sighup(d, "reload rejected")["reason"]
+        places_then_stops_cleanly(d, directory, "a placement through the old probe")
 
 
 # ------------------------------------------------------------------ 7. scope cgroups: late, nested, shipped
 @pytest.mark.kernel
 def test_a_scope_cgroup_made_after_the_start_is_watched_for_then_managed(tmp_path):
     late = f"/lbagent-t-late-{os.getpid()}"
-    d = DaemonProcess(demo_config(late, tmp_path / "state.json"), "round_robin", tmp_path)
-    try:
+    with running(demo_config(late, tmp_path / "state.json"), "round_robin", tmp_path) as d:
         (waiting,) = messages(d, "scope cgroup does not exist yet")
         assert waiting["level"] == "warning" and waiting["cgroups"] == [late]
         with v2_cgroup("lbagent-t-late") as (path, directory):
             assert path == late
             wait_for(lambda: messages(d, "scope cgroups changed"), what="the daemon to see the cgroup")
             assert messages(d, "scope cgroups changed")[0]["appeared"] == [late]
-            with sleepers(directory, 1, threads=1) as procs:
-                wait_for(lambda: pinned(procs[0].pid), what="a placement in the new cgroup")
-                assert d.stop() == 0 and free(procs[0].pid)
-    finally:
-        d.stop()
+            places_then_stops_cleanly(d, directory, "a placement in the new cgroup")
 
 
 @pytest.mark.kernel
@@ -239,9 +243,7 @@ def test_a_task_in_a_cgroup_nested_under_the_scope_is_placed(scope):
     inner.mkdir()
     try:
         d = DaemonProcess(demo_config(path, tmp / "state.json"), "round_robin", tmp)
-        with sleepers(inner, 2, threads=1) as procs:
-            wait_for(lambda: all(pinned(p.pid) for p in procs), what="placements in the nested cgroup")
-            assert d.stop() == 0 and all(free(p.pid) for p in procs)
+        places_then_stops_cleanly(d, inner, "placements in the nested cgroup", n=2)
     finally:
         kill_all(inner)
         inner.rmdir()
@@ -256,6 +258,7 @@ def test_the_shipped_config_starts_a_dry_run_on_this_host(tmp_path):
     runtime_existed = os.path.lexists("/run/lbagent")
     d = DaemonProcess(text, None, tmp_path)
     try:
+        wait_for(lambda: messages(d, "ready"), what="the ready line (logged just after READY=1 is sent)")
         (ready,) = messages(d, "ready")
         assert ready["dry_run"] is True and ready["policy"] == "default"
         if not (cgroups.unified_root() / "lbagent.slice").exists():

@@ -32,10 +32,14 @@ def _toml_value(v) -> str:
     return json.dumps(v) if isinstance(v, str) else str(v)
 
 
+def toml_text(doc: dict[str, dict]) -> str:
+    return "\n".join(f"[{s}]\n" + "\n".join(f"{k} = {_toml_value(v)}" for k, v in body.items()) for s, body in doc.items())
+
+
 @settings(max_examples=120, deadline=None)
 @given(st.dictionaries(st.sampled_from(SECTIONS), st.dictionaries(st.sampled_from(KEYS), values, max_size=5), max_size=4))
 def test_structured_configs_either_load_or_name_the_fault(doc):
-    text = "\n".join(f"[{s}]\n" + "\n".join(f"{k} = {_toml_value(v)}" for k, v in body.items()) for s, body in doc.items())
+    text = toml_text(doc)
     try:
         assert isinstance(parse_config(text, "fuzz.toml"), Config)
     except ConfigError as e:
@@ -106,6 +110,22 @@ def make(path: Path, kind: str, body: bytes) -> None:
             path.symlink_to(target)
 
 
+def read_or_one_line_error(name: str, kind: str, body: bytes, read, result: type, error: type[Exception], prefix: str,
+                           readable: tuple[str, ...]) -> None:
+    """``read`` on the file either returns a ``result`` (and only for a ``readable`` kind) or raises ``error``
+    with one short line that starts with ``prefix`` naming the path; never another exception, a hang
+    or a flood of memory."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / name
+        make(path, kind, body)
+        try:
+            with bounded(2):
+                assert isinstance(read(path), result)
+            assert kind in readable
+        except error as e:
+            assert str(e).startswith(prefix.format(path=path)) and "\n" not in str(e) and len(str(e)) < 500
+
+
 state_bodies = st.one_of(
     st.binary(max_size=200),
     st.builds(lambda e: json.dumps({"format": "lbagent-state", "version": 1, "boot_id": boot_id(), "placements": e}).encode(),
@@ -120,23 +140,15 @@ state_bodies = st.one_of(
 @BOUNDED
 @given(st.sampled_from(FILE_KINDS), state_bodies)
 def test_the_state_file_reader_gives_a_state_or_its_one_line_error_for_any_file(kind, body):
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "state.json"
-        make(path, kind, body)
-        try:
-            with bounded(2):
-                assert isinstance(StateFile.load(path), StateFile)
-            assert kind == "regular"  # the only shape of a state file root may trust
-        except StateFileError as e:
-            assert str(e).startswith(f"state file {path}: ") and "\n" not in str(e) and len(str(e)) < 500
+    # a regular file is the only shape of a state file root may trust
+    read_or_one_line_error("state.json", kind, body, StateFile.load, StateFile, StateFileError, "state file {path}: ", ("regular",))
 
 
 config_bodies = st.one_of(
     st.text(max_size=200),
     st.builds(lambda n, table: SCOPE_LINE + ("x = " + "{a = " * n + "1" + "}" * n if table else "[daemon]\npolicy = " + nested(n)),
               st.integers(1, 20_000), st.booleans()),
-    st.dictionaries(st.sampled_from(SECTIONS), st.dictionaries(st.sampled_from(KEYS), values, max_size=5), max_size=4).map(
-        lambda doc: "\n".join(f"[{s}]\n" + "\n".join(f"{k} = {_toml_value(v)}" for k, v in body.items()) for s, body in doc.items())),
+    st.dictionaries(st.sampled_from(SECTIONS), st.dictionaries(st.sampled_from(KEYS), values, max_size=5), max_size=4).map(toml_text),
 ).map(lambda text: text.encode("utf-8", "surrogatepass"))
 SCOPE_LINE = '[scope]\ncomms = ["burn"]\n'
 
@@ -144,12 +156,5 @@ SCOPE_LINE = '[scope]\ncomms = ["burn"]\n'
 @BOUNDED
 @given(st.sampled_from(["regular", "fifo", "directory", "link to /dev/zero", "link to a regular file"]), config_bodies)
 def test_the_config_reader_gives_a_config_or_its_one_line_error_for_any_file(kind, body):
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "lbagent.toml"
-        make(path, kind, body)
-        try:
-            with bounded(2):
-                assert isinstance(load_config(path), Config)
-            assert kind in ("regular", "link to a regular file")
-        except ConfigError as e:
-            assert str(e).startswith(f"{path}: ") and "\n" not in str(e) and len(str(e)) < 500
+    read_or_one_line_error("lbagent.toml", kind, body, load_config, Config, ConfigError, "{path}: ",
+                           ("regular", "link to a regular file"))
