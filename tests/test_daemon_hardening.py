@@ -42,9 +42,10 @@ def entry(pid: int, applied, originals, comm: str = "python") -> dict:
 
 
 @contextmanager
-def running(config_text: str, policy: str | None, workdir: Path) -> Iterator[DaemonProcess]:
-    """A real ``lbagent run``, READY on entry and stopped (if the test has not) on the way out."""
-    d = DaemonProcess(config_text, policy, workdir)
+def running(config_text: str, policy: str | None, workdir: Path, wrapper: list[str] | None = None) -> Iterator[DaemonProcess]:
+    """A real ``lbagent run``, READY on entry and stopped on the way out, even when an assertion
+    fails first (a daemon left running would keep its tasks pinned on a shared host)."""
+    d = DaemonProcess(config_text, policy, workdir, wrapper=wrapper)
     try:
         yield d
     finally:
@@ -104,14 +105,14 @@ def test_restore_from_a_state_file_obeys_every_placement_rule(scope):
             entry(placed.pid, {1}, ALL),
             entry(changed.pid, {1}, ALL),
         ])
-        d = DaemonProcess(demo_config(path, tmp / "state.json"), "kernel", tmp)
-        (restored,) = messages(d, "restored tasks of a previous run")
-        assert restored["outcomes"] == {"2": "refused:kthread", str(ksoftirqd): "refused:no_setaffinity",
-                                        str(outsider.pid): "refused:out_of_scope", str(placed.pid): "restored",
-                                        str(changed.pid): "restored"}
-        assert free(outsider.pid) and free(placed.pid) and set(masks(changed.pid).values()) == {frozenset({0})}
-        assert {pid: masks(pid) for pid in kernel_before} == kernel_before
-        assert d.stop() == 0
+        with running(demo_config(path, tmp / "state.json"), "kernel", tmp) as d:
+            (restored,) = messages(d, "restored tasks of a previous run")
+            assert restored["outcomes"] == {"2": "refused:kthread", str(ksoftirqd): "refused:no_setaffinity",
+                                            str(outsider.pid): "refused:out_of_scope", str(placed.pid): "restored",
+                                            str(changed.pid): "restored"}
+            assert free(outsider.pid) and free(placed.pid) and set(masks(changed.pid).values()) == {frozenset({0})}
+            assert {pid: masks(pid) for pid in kernel_before} == kernel_before
+            assert d.stop() == 0
     finally:
         for p in (outsider, placed, changed):
             stop(p)
@@ -177,11 +178,11 @@ def test_an_untrusted_state_file_is_moved_aside_and_a_safe_scan_frees_tasks(scop
         else:
             STRANGE_STATE[case](state)
         capped = ["prlimit", f"--as={8 << 30}", "--"]  # a reader flooded by /dev/zero fails, not the host
-        d = DaemonProcess(demo_config(path, state), "kernel", tmp, wrapper=capped)
-        (error,) = [e for e in log_lines(d) if e["level"] == "error"]
-        assert error["msg"].startswith(f"state file {state}: ") and error["rescued"] == 1
-        assert free(stuck.pid) and not os.path.lexists(state) and len(list(tmp.glob("state.json.corrupt-*"))) == 1
-        assert d.stop() == 0
+        with running(demo_config(path, state), "kernel", tmp, wrapper=capped) as d:
+            (error,) = [e for e in log_lines(d) if e["level"] == "error"]
+            assert error["msg"].startswith(f"state file {state}: ") and error["rescued"] == 1
+            assert free(stuck.pid) and not os.path.lexists(state) and len(list(tmp.glob("state.json.corrupt-*"))) == 1
+            assert d.stop() == 0
     finally:
         stop(stuck)
 
@@ -242,8 +243,8 @@ def test_a_task_in_a_cgroup_nested_under_the_scope_is_placed(scope):
     inner = directory / "inner"
     inner.mkdir()
     try:
-        d = DaemonProcess(demo_config(path, tmp / "state.json"), "round_robin", tmp)
-        places_then_stops_cleanly(d, inner, "placements in the nested cgroup", n=2)
+        with running(demo_config(path, tmp / "state.json"), "round_robin", tmp) as d:
+            places_then_stops_cleanly(d, inner, "placements in the nested cgroup", n=2)
     finally:
         kill_all(inner)
         inner.rmdir()
