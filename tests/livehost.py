@@ -7,10 +7,14 @@ tests run on a shared machine.
 from __future__ import annotations
 
 import os
+import resource
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -159,3 +163,55 @@ def sleepers(d: Path | None, n: int = 0, threads: int = 0):
     finally:
         for p in procs:
             stop(p)
+
+
+NOBODY = 65534
+
+
+def as_nobody(action: Callable[[], object]) -> None:
+    """Run ``action`` in a forked child with uid and gid ``nobody``: what another user on the host can do."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            action()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the action failed as nobody"
+
+
+@contextmanager
+def shared_directory():
+    """A directory every user may write, like /tmp itself, where ``nobody`` can reach it."""
+    d = Path(tempfile.mkdtemp(prefix="lbagent-t-shared-", dir="/tmp"))
+    d.chmod(0o1777)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d)
+
+
+@contextmanager
+def bounded(seconds: int, memory: int = 1 << 30):
+    """Fail a call that blocks (a FIFO's open), loops or floods memory (a read of /dev/zero) instead
+    of waiting for it: an alarm after ``seconds``, and at most ``memory`` more bytes of address space,
+    so a regression ends in TimeoutError or MemoryError, not in the kernel's OOM killer on a shared host."""
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+    old_limit = resource.getrlimit(resource.RLIMIT_AS)
+    old_handler = signal.signal(signal.SIGALRM, expire)
+    resource.setrlimit(resource.RLIMIT_AS, (size + memory, old_limit[1]))
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old_handler)
+        resource.setrlimit(resource.RLIMIT_AS, old_limit)

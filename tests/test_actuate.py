@@ -14,8 +14,10 @@ import pytest
 
 from lbagent import hostinfo
 from lbagent.hostinfo import read_task
+from lbagent.live import cgroups
 from lbagent.live.actuate import Actuator, Outcome
 from lbagent.live.config import ScopeConfig
+from lbagent.live.probe.types import Scope
 from lbagent.live.state import StateFile
 from livehost import masks, spawn_in, stop, v1_cpuset, v2_cgroup
 
@@ -30,7 +32,7 @@ def scoped(tmp_path):
     with v2_cgroup("lbagent-t-act") as (path, d):
         proc = spawn_in(d, threads=3)
         state = StateFile(tmp_path / "state.json")
-        yield Actuator("affinity", ScopeConfig(cgroups=(path,)), state), proc, d
+        yield Actuator("affinity", cgroups.resolve_scope(ScopeConfig(cgroups=(path,)), "test"), state), proc, d
         stop(proc)
 
 
@@ -51,7 +53,7 @@ def test_place_sets_every_thread_and_records_originals_first(scoped):
 
 
 def test_kernel_threads_pid1_and_self_are_never_touched(tmp_path):
-    anyone = ScopeConfig(comms=("kthreadd", "ksoftirqd/0", "init", "systemd", "python", "pytest"))
+    anyone = Scope(comms=frozenset({"kthreadd", "ksoftirqd/0", "init", "systemd", "python", "pytest"}))
     act = Actuator("affinity", anyone, StateFile(tmp_path / "s.json"))
     ksoftirqd = next(int(p) for p in os.listdir("/proc") if p.isdigit() and read_task(int(p)).comm == "ksoftirqd/0")
     before = {pid: masks(pid) for pid in (2, ksoftirqd, 1, os.getpid())}
@@ -69,9 +71,9 @@ def test_out_of_scope_task_is_refused_even_when_asked(scoped):
     try:
         assert act.place_many([(outsider.pid, CPU1), (proc.pid, CPU0)]) == ["refused:out_of_scope", "placed"]
         assert set(masks(outsider.pid).values()) == {ALL}
-        by_comm = Actuator("affinity", ScopeConfig(comms=("nosuchcomm",)), act.state)
+        by_comm = Actuator("affinity", Scope(comms=frozenset({"nosuchcomm"})), act.state)
         assert by_comm.place_many([(proc.pid, CPU1)]) == ["refused:out_of_scope"]
-        by_uid = Actuator("affinity", ScopeConfig(uids=(4242,)), act.state)
+        by_uid = Actuator("affinity", Scope(uids=frozenset({4242})), act.state)
         assert by_uid.place_many([(proc.pid, CPU1)]) == ["refused:out_of_scope"]
     finally:
         stop(outsider)
@@ -144,10 +146,10 @@ def test_eperm_is_counted_not_raised():
     script = textwrap.dedent(f"""
         import os, tempfile
         from lbagent.live.actuate import Actuator
-        from lbagent.live.config import ScopeConfig
+        from lbagent.live.probe.types import Scope
         from lbagent.live.state import StateFile
         os.setgid(65534); os.setuid(65534)
-        act = Actuator("affinity", ScopeConfig(uids=(0,)), StateFile(tempfile.mkdtemp() + "/s.json"))
+        act = Actuator("affinity", Scope(uids=frozenset({{0}})), StateFile(tempfile.mkdtemp() + "/s.json"))
         print([o.value for o in act.place_many([({target.pid}, frozenset({{1}}))])], dict(act.errors))
     """)
     try:

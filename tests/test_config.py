@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -61,12 +64,14 @@ def test_unreadable_and_huge_files_are_refused(tmp_path):
         load_config(tmp_path / "missing.toml")
     big = tmp_path / "big.toml"
     big.write_bytes(b"#" * (2 << 20))
-    with pytest.raises(ConfigError, match="too big for a config file"):
+    with pytest.raises(ConfigError, match="refused as a config file: it is 2097152 bytes, over the 1048576 byte limit"):
         load_config(big)
     binary = tmp_path / "bin.toml"
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(binary)
+    with pytest.raises(ConfigError, match="refused as a config file: it is a directory, not a regular file"):
+        load_config(tmp_path)
 
 
 def test_cli_exits_2_with_one_line_and_touches_nothing(tmp_path):
@@ -98,3 +103,43 @@ def test_every_probe_option_and_the_actuator_offer_the_configs_choices(tmp_path)
     assert all(tuple(p.type.choices) == PROBES for p in probe_options)
     with pytest.raises(ActuatorError, match=f"known: {', '.join(MODES)}"):
         Actuator("pin", ScopeConfig(comms=("x",)), StateFile(tmp_path / "state.json"))
+
+
+@pytest.mark.parametrize("root", ["/", "//", "/.", "/./", "///.//"])
+def test_the_root_cgroup_in_any_spelling_is_refused_as_a_scope(root):
+    with pytest.raises(ConfigError, match=f"scope.cgroups: '{re.escape(root)}' is the root cgroup, which holds every task"):
+        parse_config(f'[scope]\ncgroups = ["/work", "{root}"]\n', source="f.toml")
+
+
+def test_cgroup_paths_have_one_spelling():
+    c = parse_config('[scope]\ncgroups = ["//lbagent.slice/", "/lbagent.slice", "/a/./b//c"]\n')
+    assert c.scope.cgroups == ("/lbagent.slice", "/a/b/c")
+
+
+def deep(kind: str) -> str:
+    """TOML whose values nest far deeper than any config (the parser recurses once per level)."""
+    n = 100_000
+    return SCOPE + ("[daemon]\npolicy = " + "[" * n + "]" * n if kind == "array" else "x = " + "{a = " * n + "1" + "}" * n) + "\n"
+
+
+STRANGE_CONFIG = {
+    "fifo": (lambda p: os.mkfifo(p), "refused as a config file: it is a FIFO, not a regular file"),
+    "/dev/zero": (lambda p: p.symlink_to("/dev/zero"), "refused as a config file: it is a character device, not a regular file"),
+    "nested arrays": (lambda p: p.write_text(deep("array")), "not a config: values nested too deeply"),
+    "nested inline tables": (lambda p: p.write_text(deep("table")), "not a config: values nested too deeply"),
+}
+
+
+def capped_memory() -> None:
+    """A reader gone wrong on /dev/zero grows by hundreds of MB/s: stop it at 3 GiB on a shared host."""
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+
+@pytest.mark.parametrize("case", STRANGE_CONFIG)
+def test_strange_config_files_exit_2_at_once_with_one_line(tmp_path, case):
+    make, reason = STRANGE_CONFIG[case]
+    path = tmp_path / "lbagent.toml"
+    make(path)
+    out = subprocess.run([sys.executable, "-m", "lbagent.cli", "run", "--config", str(path)],
+                         capture_output=True, text=True, timeout=30, preexec_fn=capped_memory)
+    assert out.returncode == 2 and out.stderr == f"lbagent: error: {path}: {reason}\n"

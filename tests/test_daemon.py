@@ -230,6 +230,7 @@ def test_kill_9_at_random_moments_under_arrivals_leaves_no_mask_behind(scope):
 def test_corrupt_state_file_is_refused_and_a_safe_scan_frees_tasks(scope):
     path, directory, tmp = scope
     (tmp / "state.json").write_text('{"format": "lbagent-state", "version": 1, "placem')
+    (tmp / "state.json").chmod(0o600)  # as the daemon writes it: only the content is wrong
     stuck = spawn_in(directory, threads=1)
     try:
         for t in masks(stuck.pid):
@@ -308,13 +309,13 @@ def test_policy_file_replaced_and_sighup_keeps_state_and_rejects_a_bad_file(scop
         assert all(free(p.pid) for p in procs)  # the placements made before the reloads were restored
 
 
-def test_bad_policy_or_missing_scope_cgroup_exit_2_before_touching_anything(tmp_path):
+def test_bad_policy_or_root_scope_exit_2_before_touching_anything(tmp_path):
     cfg = tmp_path / "c.toml"
-    cfg.write_text(demo_config("/no-such-cgroup-here", tmp_path / "state.json"))
+    cfg.write_text(demo_config("//.", tmp_path / "state.json"))
     out = subprocess.run([sys.executable, "-m", "lbagent.cli", "run", "--config", str(cfg)],
                          capture_output=True, text=True, timeout=30)
-    assert out.returncode == 2 and "scope.cgroups: /no-such-cgroup-here does not exist" in out.stderr
-    cfg.write_text(demo_config("/", tmp_path / "state.json", policy=str(tmp_path / "nope.policy")))
+    assert out.returncode == 2 and "scope.cgroups: '//.' is the root cgroup" in out.stderr
+    cfg.write_text(demo_config("/no-such-cgroup-here", tmp_path / "state.json", policy=str(tmp_path / "nope.policy")))
     out = subprocess.run([sys.executable, "-m", "lbagent.cli", "run", "--config", str(cfg)],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and out.stderr == f"lbagent: error: {tmp_path}/nope.policy: policy file not found\n"

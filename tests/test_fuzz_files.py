@@ -179,10 +179,12 @@ def test_huge_files_are_refused_by_size_before_reading(tmp_path):
         read_trace(sparse(tmp_path / "huge.jsonl", MAX_TRACE_BYTES + 1))
     with pytest.raises(PolicyFileError, match=rf"{MAX_POLICY_BYTES + 1} bytes exceeds the {MAX_POLICY_BYTES}-byte limit"):
         load_policy(sparse(tmp_path / "huge.safetensors", MAX_POLICY_BYTES + 1))
-    with pytest.raises(ConfigError, match=rf"{MAX_CONFIG_BYTES + 1} bytes is too big for a config file"):
+    with pytest.raises(ConfigError, match=rf"{MAX_CONFIG_BYTES + 1} bytes, over the {MAX_CONFIG_BYTES} byte limit"):
         load_config(sparse(tmp_path / "huge.toml", MAX_CONFIG_BYTES + 1))
-    with pytest.raises(StateFileError, match=rf"{MAX_STATE_BYTES + 1} bytes exceeds the {MAX_STATE_BYTES} byte limit"):
-        StateFile.load(sparse(tmp_path / "state.json", MAX_STATE_BYTES + 1))
+    huge_state = sparse(tmp_path / "state.json", MAX_STATE_BYTES + 1)
+    huge_state.chmod(0o600)  # as the daemon writes it: only the size is wrong
+    with pytest.raises(StateFileError, match=rf"{MAX_STATE_BYTES + 1} bytes, over the {MAX_STATE_BYTES} byte limit"):
+        StateFile.load(huge_state)
     result = CliRunner().invoke(main, ["replay", str(tmp_path / "huge.jsonl")])
     assert result.exit_code == 2 and "byte limit" in result.output and "Traceback" not in result.output
 
@@ -250,6 +252,7 @@ def test_a_state_write_that_runs_out_of_space_keeps_the_previous_file(tmp_path):
 def test_placements_are_refused_not_crashed_when_the_state_file_cannot_be_written(tmp_path):
     """Write-ahead: with no room for the record, the task is left alone and the failure counted."""
     from lbagent.live.actuate import Actuator
+    from lbagent.live.cgroups import resolve_scope
     from lbagent.live.config import ScopeConfig
     from livehost import masks, spawn_in, stop, v2_cgroup
 
@@ -257,7 +260,7 @@ def test_placements_are_refused_not_crashed_when_the_state_file_cannot_be_writte
         (mnt / "filler").write_bytes(b"x" * 4096)
         proc = spawn_in(d, threads=1)
         try:
-            act = Actuator("affinity", ScopeConfig(cgroups=(path,)), StateFile(mnt / "state.json"))
+            act = Actuator("affinity", resolve_scope(ScopeConfig(cgroups=(path,)), "test"), StateFile(mnt / "state.json"))
             before = masks(proc.pid)
             assert act.place_many([(proc.pid, frozenset({1}))]) == ["error:state_write"]
             assert act.errors == {"state_write": 1} and masks(proc.pid) == before and act.state.placements == {}

@@ -30,19 +30,27 @@ def _probe_table(snapshot, t: float, kind: str):
     return table
 
 
-def _scope(cgroups: tuple[str, ...], comms: tuple[str, ...], uids: tuple[int, ...]):
-    """A Scope from command-line names: cgroup directories become their v2 ids (inode numbers)."""
-    import os
+def _scope(directories: tuple[str, ...], comms: tuple[str, ...], uids: tuple[int, ...]):
+    """The daemon's Scope from command-line names: a cgroup v2 directory covers its subtree.
 
-    from lbagent.live.probe.types import Scope
+    A directory elsewhere (a v1 hierarchy, a plain directory) is refused: its inode number could
+    equal some cgroup's id by chance and quietly record the wrong tasks."""
+    from pathlib import Path
 
-    ids = set()
-    for path in cgroups:
+    from lbagent.hostinfo import unified_root
+    from lbagent.live import cgroups
+    from lbagent.live.config import ScopeConfig
+
+    root = unified_root()
+    paths = []
+    for d in directories:
+        if root is None:
+            raise UserError(f"--scope-cgroup {d}: this host has no cgroup v2 hierarchy")
         try:
-            ids.add(os.stat(path).st_ino)
-        except OSError as exc:
-            raise UserError(f"--scope-cgroup {path}: {exc.strerror}") from None
-    return Scope(cgroup_ids=frozenset(ids), comms=frozenset(comms), uids=frozenset(uids))
+            paths.append("/" + "/".join(Path(d).resolve().relative_to(root).parts))
+        except (TypeError, ValueError):
+            raise UserError(f"--scope-cgroup {d}: not a cgroup v2 directory (the v2 hierarchy is at {root})") from None
+    return cgroups.resolve_scope(ScopeConfig(tuple(paths), comms, uids), "--scope-cgroup")
 
 
 @click.command()

@@ -6,7 +6,8 @@ is enabled, else the v1 cpuset hierarchy). Whatever the policy asks, the rules b
 load balancer that pins the wrong task can hurt a host far more than a bad placement can:
 
 - never a kernel thread (``PF_KTHREAD``), a task that refuses affinity changes
-  (``PF_NO_SETAFFINITY``), PID 1, the daemon itself, or a task outside the configured scope;
+  (``PF_NO_SETAFFINITY``), PID 1, the daemon itself, or a task outside the configured scope (a
+  scope cgroup covers its subtree) -- and restoring a mask obeys these rules as placing one does;
 - a mask is always clipped to what the task's own cpuset allows, and never widened beyond it;
 - the original mask is written to the state file *before* the change, with the task's start time;
   restoring checks the start time, so a PID reused by another task is never touched;
@@ -25,6 +26,7 @@ from pathlib import Path
 from lbagent.hostinfo import (
     PF_KTHREAD,
     PF_NO_SETAFFINITY,
+    TaskInfo,
     format_cpulist,
     online_cpus,
     read_task,
@@ -33,7 +35,8 @@ from lbagent.hostinfo import (
     v1_cpuset_root,
 )
 from lbagent.live import cgroups
-from lbagent.live.config import MODES, ScopeConfig
+from lbagent.live.config import MODES
+from lbagent.live.probe.types import Scope
 from lbagent.live.state import Placement, StateFile, StateFileError
 
 
@@ -96,15 +99,14 @@ def thread_ids(pid: int) -> list[int]:
         raise ProcessLookupError(pid) from None
 
 
-def in_scope(scope: ScopeConfig, pid: int, comm: str, groups: dict[str, str]) -> bool:
-    """The actuator's own scope check: the probe filters too, but a policy must never widen it."""
+def in_scope(scope: Scope, pid: int, comm: str, groups: dict[str, str]) -> bool:
+    """The actuator's own scope check (the probe's rule, subtree included): the probe filters too,
+    but a policy must never widen it. Only what the scope restricts is read from /proc."""
     if scope.comms and comm not in scope.comms:
-        return False
-    if scope.cgroups and groups.get("", "/") not in scope.cgroups:
-        return False
-    if scope.uids and read_uid(pid) not in scope.uids:
-        return False
-    return True
+        return False  # the cheapest test first: no cgroup walk or status read for most outsiders
+    root = unified_root() if scope.by_cgroup else None
+    ancestry = cgroups.ancestry(root, groups.get("", "/")) if root is not None else []
+    return scope.matches(ancestry, comm, read_uid(pid) if scope.uids else -1)
 
 
 class CpusetBackend:
@@ -195,7 +197,7 @@ class Actuator:
     def __init__(
         self,
         mode: str,
-        scope: ScopeConfig,
+        scope: Scope,
         state: StateFile,
         *,
         dry_run: bool = False,
@@ -264,12 +266,16 @@ class Actuator:
         self.errors[outcome.key] += 1
         return outcome
 
-    def _prepare(self, tgid: int, slot_cpus: frozenset[int]) -> Placement | Outcome:
+    def _rules(self, tgid: int, start: int | None = None) -> Outcome | tuple[TaskInfo, dict[str, str]]:
+        """The rules every change obeys, a placement or a restore alike: the outcome of a refusal,
+        or the task's identity and cgroups. ``start``: the start time the task must still have."""
         if tgid <= 1:
             return self._refuse(Outcome.REFUSED_PID1)
         if tgid == self.own_tgid:
             return self._refuse(Outcome.REFUSED_SELF)
         info = read_task(tgid)
+        if start is not None and info.start != start:
+            return self._refuse(Outcome.REUSED_PID)
         if info.flags & PF_NO_SETAFFINITY:
             return self._refuse(Outcome.REFUSED_NO_SETAFFINITY)
         if info.flags & PF_KTHREAD:
@@ -277,6 +283,13 @@ class Actuator:
         groups = cgroups.task_cgroups(tgid)
         if not in_scope(self.scope, tgid, info.comm, groups):
             return self._refuse(Outcome.REFUSED_OUT_OF_SCOPE)
+        return info, groups
+
+    def _prepare(self, tgid: int, slot_cpus: frozenset[int]) -> Placement | Outcome:
+        checked = self._rules(tgid)
+        if isinstance(checked, Outcome):
+            return checked
+        info, groups = checked
         allowed = cgroups.cpuset_allowed(tgid, groups)
         target = slot_cpus & allowed
         if not target or (self.mode == "cpuset" and target != slot_cpus):
@@ -326,14 +339,19 @@ class Actuator:
         self.state.placements.pop(tgid, None)
 
     def restore(self, p: Placement) -> Outcome:
-        """Undo one placement: restored, gone, reused PID or an error."""
+        """Undo one placement: restored, gone, reused PID, a refusal by rule or an error.
+
+        A restore changes a mask as much as a placement does, and its record may come from a
+        previous run: it obeys the same rules (never a kernel thread, PID 1, the daemon itself or a
+        task out of scope), and a thread whose mask is no longer the one applied is left alone."""
         try:
-            info = read_task(p.tgid)
+            checked = self._rules(p.tgid, p.start)
         except ProcessLookupError:
             return Outcome.GONE
-        if info.start != p.start:
-            self.refusals[Outcome.REUSED_PID.key] += 1
-            return Outcome.REUSED_PID
+        except OSError as e:
+            return self._error(e)
+        if isinstance(checked, Outcome):
+            return checked
         try:
             if p.mode == "cpuset" and p.cgroup is not None:
                 backend = self.cpusets or CpusetBackend()
@@ -358,7 +376,7 @@ class Actuator:
         """Undo every placement (clean stop); the state file goes, the cgroups lbagent made too."""
         outcomes = Counter(self.restore(p) for p in list(self.state.placements.values()))
         self.state.placements.clear()
-        if not self.dry_run:  # a dry run never wrote the file: it may be a real daemon's
+        if self.state.locked or not self.dry_run:  # a dry run's file is not its own: it may be a real daemon's
             self.state.remove()
         if self.cpusets is not None:
             self.cpusets.teardown()

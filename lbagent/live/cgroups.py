@@ -8,10 +8,13 @@ from :mod:`lbagent.hostinfo`; this module knows which of them holds a task's cpu
 from __future__ import annotations
 
 import os
+import stat
 import time
 from pathlib import Path
 
 from lbagent.hostinfo import mounts, online_cpus, parse_cpulist, unified_root, v1_cpuset_root
+from lbagent.live.config import ConfigError, ScopeConfig
+from lbagent.live.probe.types import Scope
 
 
 def v2_has_cpuset(root: Path | None) -> bool:
@@ -38,9 +41,34 @@ def task_cgroups(pid: int) -> dict[str, str]:
     return out
 
 
-def cgroup_id(root: Path, path: str) -> int:
-    """The id the kernel (and BPF's ``bpf_get_current_cgroup_id``) uses: the directory's inode."""
-    return os.stat(root / path.lstrip("/")).st_ino
+def ancestry(root: Path, path: str) -> list[int]:
+    """The ids of the cgroup at ``path`` and of all its ancestors, root first, its own last: what
+    :meth:`Scope.matches` needs, since a scope cgroup covers its subtree."""
+    here, ids = root, [os.stat(root).st_ino]
+    for part in Path(path).parts[1:]:
+        here = here / part
+        ids.append(os.stat(here).st_ino)
+    return ids
+
+
+def resolve_scope(config: ScopeConfig, source: str) -> Scope:
+    """The one :class:`Scope` of a configured scope: cgroup paths become the ids the kernel reports;
+    a cgroup that does not exist yet is listed in ``missing`` (watched for, not an error)."""
+    ids, missing = set(), []
+    if config.cgroups:
+        root = unified_root()
+        if root is None:
+            raise ConfigError(f"{source}: scope.cgroups: this host has no cgroup v2 mount")
+        for path in config.cgroups:
+            try:
+                st = os.stat(root / path.lstrip("/"))
+            except FileNotFoundError:
+                missing.append(path)
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                raise ConfigError(f"{source}: scope.cgroups: {path} is not a cgroup under {root}")
+            ids.add(st.st_ino)
+    return Scope(frozenset(ids), frozenset(config.comms), frozenset(config.uids), config.cgroups, tuple(missing))
 
 
 EFFECTIVE_TTL = 1.0

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lbagent.errors import UserError
+from lbagent.errors import UserError, brief
+from lbagent.live.bounded import NotReadable, read_regular
 
 MODES = ("affinity", "cpuset")
 """How the actuator places a task: ``sched_setaffinity`` per thread, or an lbagent-owned cpuset."""
@@ -72,7 +73,7 @@ class Config:
 
 # Section -> key -> (expected type(s), checker or None). Checkers return an error reason or None.
 def _one_of(choices: tuple[str, ...]):
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {brief(v)}"
 
 
 def _positive_range(lo: float, hi: float):
@@ -84,17 +85,17 @@ def _non_empty(v: str) -> str | None:
 
 
 def _absolute_path(v: str) -> str | None:
-    return None if v.startswith("/") else f"must be an absolute path, got {v!r}"
+    return None if v.startswith("/") else f"must be an absolute path, got {brief(v)}"
 
 
 def _address(v: str) -> str | None:
     host, sep, port = v.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        return f"must be HOST:PORT with a port in 1..65535, got {v!r}"
+        return f"must be HOST:PORT with a port in 1..65535, got {brief(v)}"
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return f"host must be an IP address (e.g. 127.0.0.1), got {host!r}"
+        return f"host must be an IP address (e.g. 127.0.0.1), got {brief(host)}"
     return None
 
 
@@ -104,24 +105,32 @@ def _ring_size(v: int) -> str | None:
     return None
 
 
+def normal_cgroup(path: str) -> str:
+    """``//a/./b/`` -> ``/a/b``: one spelling per cgroup, so ``"//"`` and ``"/."`` are seen to be the root."""
+    return "/" + "/".join(part for part in path.split("/") if part not in ("", "."))
+
+
 def _cgroup_list(v: list) -> str | None:
     for p in v:
-        if not isinstance(p, str) or not p.startswith("/") or "/../" in p + "/" or "\0" in p:
-            return f"entries must be absolute cgroup paths like '/lbagent-demo', got {p!r}"
+        if not isinstance(p, str) or not p.startswith("/") or ".." in p.split("/") or "\0" in p:
+            return f"entries must be absolute cgroup paths like '/lbagent-demo', got {brief(p)}"
+        if normal_cgroup(p) == "/":
+            return (f"{p!r} is the root cgroup, which holds every task on the host: name the workload's "
+                    "cgroup (e.g. '/lbagent.slice')")
     return None
 
 
 def _str_list(v: list) -> str | None:
     for s in v:
         if not isinstance(s, str) or not 0 < len(s) <= 15:
-            return f"entries must be command names of 1 to 15 characters, got {s!r}"
+            return f"entries must be command names of 1 to 15 characters, got {brief(s)}"
     return None
 
 
 def _uid_list(v: list) -> str | None:
     for u in v:
         if isinstance(u, bool) or not isinstance(u, int) or not 0 <= u < 2**32 - 1:
-            return f"entries must be uids (integers >= 0), got {u!r}"
+            return f"entries must be uids (integers >= 0), got {brief(u)}"
     return None
 
 
@@ -156,10 +165,12 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    except RecursionError:  # tomllib recurses per nested array or inline table
+        raise ConfigError(f"{source}: not a config: values nested too deeply") from None
     values: dict[str, Any] = {}
     for section, body in data.items():
         if section not in _SCHEMA:
-            raise ConfigError(f"{source}: unknown section [{section}] (known: {', '.join(_SCHEMA)})")
+            raise ConfigError(f"{source}: unknown section [{_label(section)}] (known: {', '.join(_SCHEMA)})")
         if not isinstance(body, dict):
             raise ConfigError(f"{source}: {section} must be a table [{section}], got {type(body).__name__}")
         for key, value in body.items():
@@ -167,7 +178,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
                 _checked(source, section, key, value)
             )
     scope = ScopeConfig(
-        cgroups=tuple(values.pop("scope.cgroups", ())),
+        cgroups=tuple(dict.fromkeys(normal_cgroup(p) for p in values.pop("scope.cgroups", ()))),
         comms=tuple(values.pop("scope.comms", ())),
         uids=tuple(values.pop("scope.uids", ())),
     )
@@ -181,10 +192,15 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     return Config(scope=scope, source=source, **values)
 
 
+def _label(name: str) -> str:
+    """A section or key name as the file spells it, unless it is too odd for a one-line message."""
+    return name if len(name) <= 40 and name.isprintable() else brief(name)
+
+
 def _checked(source: str, section: str, key: str, value: Any) -> Any:
     known = _SCHEMA[section]
     if key not in known:
-        raise ConfigError(f"{source}: {section}.{key}: unknown key (known: {', '.join(known)})")
+        raise ConfigError(f"{source}: {section}.{_label(key)}: unknown key (known: {', '.join(known)})")
     types, check = known[key]
     if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
         ok = False
@@ -192,7 +208,7 @@ def _checked(source: str, section: str, key: str, value: Any) -> Any:
         ok = isinstance(value, types)
     if not ok:
         want = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
-        raise ConfigError(f"{source}: {section}.{key}: must be {want}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{source}: {section}.{key}: must be {want}, got {type(value).__name__} {brief(value)}")
     reason = check(value) if check else None
     if reason:
         raise ConfigError(f"{source}: {section}.{key}: {reason}")
@@ -200,14 +216,15 @@ def _checked(source: str, section: str, key: str, value: Any) -> Any:
 
 
 def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; only a regular file is read (a link to one is fine: config
+    management links files into /etc), so a FIFO or ``/dev/zero`` is refused, not waited on."""
     p = Path(path)
     try:
-        size = p.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{p}: {size} bytes is too big for a config file (limit {MAX_CONFIG_BYTES})")
-        text = p.read_text(encoding="utf-8")
+        text = read_regular(p, MAX_CONFIG_BYTES).decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not UTF-8 text") from None
+    except NotReadable as e:
+        raise ConfigError(f"{p}: refused as a config file: it {e}") from None
     except OSError as e:
         raise ConfigError(f"{p}: cannot read config: {e.strerror or e}") from None
     return parse_config(text, source=str(p))

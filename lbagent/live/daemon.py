@@ -26,7 +26,7 @@ import numpy as np
 
 from lbagent import spaces
 from lbagent.errors import UserError
-from lbagent.hostinfo import read_cpus, unified_root
+from lbagent.hostinfo import read_cpus
 from lbagent.live import cgroups
 from lbagent.live.actuate import Actuator
 from lbagent.live.config import Config, ConfigError, load_config
@@ -42,6 +42,8 @@ HISTORY_PER_COMM = 32
 MAX_COMMS = 4096
 PRUNE_INTERVAL = 5.0
 """Seconds between sweeps for managed tasks whose exit event was lost (ring buffer full)."""
+SCOPE_WATCH_INTERVAL = 1.0
+"""Seconds between looks for scope cgroups that appeared, or were removed and made again."""
 DEFAULT_TASK_WORK = 0.05
 """Seconds: the prior for a task whose command has never been seen exit (flagged task_unknown)."""
 MAX_WINDOW_PLACEMENTS = 4096
@@ -236,17 +238,19 @@ class Daemon:
             state = StateFile(config.state_file)
             if not config.dry_run:
                 state.lock()
-            self.actuator = Actuator(config.mode, config.scope, state, dry_run=config.dry_run)
-            self.probe = self._open_probe(config)
+            self.actuator = Actuator(config.mode, self.probe_scope, state, dry_run=config.dry_run)
+            self.probe = self._open_probe(config, self.probe_scope)
         except BaseException:
             if self.server is not None:
                 self.server.close()
             self.reserve.release()
             raise
+        if self.probe_scope.missing:
+            _warn("scope cgroup does not exist yet: watching for it", cgroups=list(self.probe_scope.missing))
         self._register_metrics()
         self.snap = self.probe.snapshot()
         self.next_snapshot = time.monotonic() + config.snapshot_interval
-        self.next_watchdog = self.next_prune = time.monotonic()
+        self.next_watchdog = self.next_prune = self.next_scope_watch = time.monotonic()
 
     # ---------------------------------------------------------------- start-up
     def _bind_metrics(self, config: Config) -> MetricsServer | None:
@@ -258,11 +262,11 @@ class Daemon:
         except OSError as e:
             raise UserError(f"{config.source}: metrics.address {config.metrics_address}: cannot bind: {e.strerror or e}") from None
 
-    def _open_probe(self, config: Config):
+    def _open_probe(self, config: Config, scope: Scope):
         from lbagent.live.probe import ProbeUnavailable, open_probe
 
         try:
-            probe = open_probe(config.probe, self.probe_scope, Path(config.bpf_object) if config.bpf_object else None,
+            probe = open_probe(config.probe, scope, Path(config.bpf_object) if config.bpf_object else None,
                                config.ring_buffer_bytes)
         except ProbeUnavailable as e:
             raise UserError(str(e)) from None
@@ -271,16 +275,15 @@ class Daemon:
 
     def recover(self) -> None:
         """Undo what a previous daemon left behind: from its state file, or by a safe scan."""
-        path = self.actuator.state.path
+        state = self.actuator.state
         if self.config.dry_run:
-            if path.exists():
-                _warn("dry run: leaving the state file and the tasks it records as they are", state_file=str(path))
+            if os.path.lexists(state.path):
+                _warn("dry run: leaving the state file and the tasks it records as they are", state_file=str(state.path))
             return
         try:
-            previous = StateFile.load(path)
+            previous = StateFile.load(state.path)
         except StateFileError as e:
-            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-            os.replace(path, aside)
+            aside = state.move_aside()
             rescued = self.actuator.safe_scan(self.view.slot_masks)
             log.error(f"{e}; moved it to {aside} and freed {rescued} task(s) by a safe scan",
                       extra={"fields": {"rescued": rescued}})
@@ -288,7 +291,7 @@ class Daemon:
         if previous.placements:
             outcomes = {p.tgid: self.actuator.restore(p) for p in previous.placements.values()}
             _info("restored tasks of a previous run", outcomes=outcomes)
-        previous.remove()
+        state.remove()
 
     def _register_metrics(self) -> None:
         m, a = self.metrics, self.actuator
@@ -337,6 +340,9 @@ class Daemon:
         if now >= self.next_prune:
             self.prune()
             self.next_prune = now + PRUNE_INTERVAL
+        if self.config.scope.cgroups and now >= self.next_scope_watch:
+            self.watch_scope()
+            self.next_scope_watch = now + SCOPE_WATCH_INTERVAL
         if self.notifier.watchdog_interval and now >= self.next_watchdog:
             self.notifier.watchdog()
             self.next_watchdog = now + self.notifier.watchdog_interval
@@ -412,10 +418,37 @@ class Daemon:
                                       "work": round(work, 4), "unknown": unknown}})
         return slot
 
+    def watch_scope(self) -> None:
+        """Pick up scope cgroups that appeared (systemd makes a slice when its first unit starts) or
+        were made again under a new id; until then they hold no task, and the log says so."""
+        old = self.probe_scope
+        try:
+            scope = resolve_scope(self.config)
+            if scope != old:
+                self._use_scope(scope, self._open_probe(self.config, scope))
+        except UserError as e:
+            _warn("scope cgroups changed but the probe cannot follow: keeping the old scope", reason=str(e))
+            return
+        if scope != old:
+            _info("scope cgroups changed", appeared=sorted(set(old.missing) - set(scope.missing)),
+                  missing=sorted(scope.missing))
+
+    def _use_scope(self, scope: Scope, probe) -> None:
+        """Switch to a probe opened on the new scope first, so a failure to open keeps the old one."""
+        old, self.probe = self.probe, probe
+        old.close()
+        self.probe_scope = self.actuator.scope = scope
+
     # ---------------------------------------------------------------- signals
     def reload(self) -> None:
-        """SIGHUP: new config and policy, same state. A bad file keeps the old one and says why."""
+        """SIGHUP: new config and policy, same state. A bad file keeps the old one and says why.
+
+        Everything that can fail comes before the first change: reading the file, the new policy,
+        the new scope's probe and, from a dry run to a live one, the state file's lock (without it
+        two daemons would share one record and a crash would strand the tasks of one of them)."""
         self.notifier.reloading()
+        probe = None
+        going_live = False
         try:
             new = load_config(self.config_path).with_overrides(**self.overrides) if self.config_path else self.config
             fixed = [k for k in ("mode", "state_file", "probe", "bpf_object", "ring_buffer_bytes", "metrics_address",
@@ -425,19 +458,28 @@ class Daemon:
                 raise UserError(f"{', '.join(fixed)} cannot change on reload (restart the daemon)")
             scope = resolve_scope(new)
             policy = resolve_policy(new.policy)
-        except UserError as e:
+            policy.begin_trial(1, 0)
+            if scope != self.probe_scope:
+                probe = self._open_probe(new, scope)
+            going_live = self.config.dry_run and not new.dry_run
+            if going_live:
+                self.actuator.state.lock()
+        except Exception as e:  # a running daemon outlives any bad file; a bug keeps its traceback in the log
+            if probe is not None:
+                probe.close()
             self.metrics.inc("lbagent_reloads_total", result="rejected")
-            _warn("reload rejected, keeping the running config and policy", reason=str(e))
+            user = isinstance(e, UserError)
+            log.warning("reload rejected, keeping the running config and policy", exc_info=not user,
+                        extra={"fields": {"reason": str(e) if user else f"{type(e).__name__}: {e}"}})
             self.notifier.ready()
             return
-        policy.begin_trial(1, 0)
-        if scope != self.probe_scope:
-            self.probe.close()
-            self.probe_scope = scope
-            self.probe = self._open_probe(new)
+        if probe is not None:
+            self._use_scope(scope, probe)
         self.policy, self.config = policy, new
-        self.actuator.scope, self.actuator.dry_run = new.scope, new.dry_run
+        self.actuator.dry_run = new.dry_run
         logging.getLogger("lbagent").setLevel(new.log_level.upper())
+        if going_live:
+            self.recover()  # a daemon that crashed before this one went live left tasks to restore
         self.metrics.inc("lbagent_reloads_total", result="applied")
         _info("reloaded", policy=new.policy, scope=str(new.scope), dry_run=new.dry_run)
         self.notifier.ready()
@@ -453,18 +495,8 @@ class Daemon:
 
 
 def resolve_scope(config: Config) -> Scope:
-    """The probe's scope: cgroup paths become the ids the kernel reports; a missing one is an error."""
-    ids = set()
-    if config.scope.cgroups:
-        root = unified_root()
-        if root is None:
-            raise ConfigError(f"{config.source}: scope.cgroups: this host has no cgroup v2 mount")
-        for path in config.scope.cgroups:
-            try:
-                ids.add(cgroups.cgroup_id(root, path))
-            except OSError:
-                raise ConfigError(f"{config.source}: scope.cgroups: {path} does not exist under {root}") from None
-    return Scope(frozenset(ids), frozenset(config.scope.comms), frozenset(config.scope.uids))
+    """The one scope of probe and actuator; a cgroup that does not exist yet is watched for."""
+    return cgroups.resolve_scope(config.scope, config.source)
 
 
 DEFAULT_CONFIG = "/etc/lbagent/lbagent.toml"

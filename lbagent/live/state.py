@@ -4,23 +4,37 @@ Each placement is written *before* the change is made (write-ahead), with the ta
 reused PID is recognised and left alone. The file is replaced atomically (temporary file, fsync,
 rename, mode 0600): a reader sees the old or the new state, never half of one. It carries the boot
 id, because after a reboot every task it describes is gone and PIDs mean something else.
+
+What it names gets its mask "restored" by root, so another user must never be able to supply it or
+redirect a write: it lives in a directory only root can write (checked component by component,
+never through a link), is read only when it is a root-owned 0600 regular file, and is written
+through a fresh randomly named temporary file (``O_EXCL``, ``O_NOFOLLOW``) renamed into place.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import json
 import os
+import secrets
+import stat
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lbagent.errors import UserError
+from lbagent.errors import UserError, brief
+from lbagent.live.bounded import NotReadable, kind, read_regular
 from lbagent.live.config import MODES
 
 FORMAT = "lbagent-state"
 VERSION = 1
 MAX_STATE_BYTES = 64 << 20
+PID_MAX = 1 << 22
+"""The kernel's PID_MAX_LIMIT: no task or thread id is larger."""
 
 
 class StateFileError(UserError):
@@ -66,26 +80,60 @@ class Placement:
 
 
 class StateFile:
+    """The record on disk; every file operation goes through a directory checked to be root's own."""
+
     def __init__(self, path: str | Path, placements: dict[int, Placement] | None = None) -> None:
         self.path = Path(path)
         self.placements: dict[int, Placement] = placements or {}
-        self._dir_ready = False
+        self._lock_fd: int | None = None
+
+    @property
+    def locked(self) -> bool:
+        """This process holds the lock: the file is its own to write and to remove."""
+        return self._lock_fd is not None
+
+    @contextmanager
+    def _directory(self, create: bool) -> Iterator[int]:
+        fd = trusted_directory(self.path.parent, create, f"state file {self.path}")
+        try:
+            yield fd
+        finally:
+            os.close(fd)
 
     def lock(self) -> None:
-        """Hold ``<state>.lock`` for the process's lifetime: two daemons must never share one record."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        """Hold ``<state>.lock`` for the process's lifetime: two daemons must never share one record.
+
+        The holder is the only writer, so it also clears temporary files a crash left behind."""
+        if self.locked:
+            return
+        name = self.path.name + ".lock"
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StateFileError(f"state file {self.path}: another lbagent daemon is using it (its lock is held)") from None
-        self._lock_fd = fd
+            with self._directory(create=True) as d:
+                fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=d)
+                reason = private_file(os.fstat(fd))
+                if reason:
+                    os.close(fd)
+                    raise StateFileError(f"state file {self.path}: its lock file {reason}")
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise StateFileError(f"state file {self.path}: another lbagent daemon is using it (its lock is held)") from None
+                self._lock_fd = fd
+                self._remove_stale_temporaries(d)
+        except OSError as e:
+            raise StateFileError(f"state file {self.path}: cannot lock {name}: {_reason(e)}") from None
+
+    def _remove_stale_temporaries(self, d: int) -> None:
+        prefix = f".{self.path.name}."
+        for entry in os.listdir(d):
+            if entry.startswith(prefix) and entry.endswith(".tmp"):
+                try:
+                    os.unlink(entry, dir_fd=d)
+                except OSError:
+                    pass  # a directory of that name is odd but harmless: writes use fresh random names
 
     def save(self) -> None:
-        if not self._dir_ready:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._dir_ready = True
         body = json.dumps(
             {
                 "format": FORMAT,
@@ -95,89 +143,184 @@ class StateFile:
             },
             separators=(",", ":"),
         ).encode()
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp = f".{self.path.name}.{secrets.token_hex(8)}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                os.fchmod(fd, 0o600)
-                view = memoryview(body)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, self.path)
-        except OSError as e:  # disk full, read-only: the previous file stays whole, no temp file is left
-            tmp.unlink(missing_ok=True)
-            raise StateFileError(f"state file {self.path}: cannot write: {e.strerror or e}") from None
+            with self._directory(create=True) as d:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=d)
+                try:
+                    try:
+                        os.fchmod(fd, 0o600)
+                        view = memoryview(body)
+                        while view:
+                            view = view[os.write(fd, view) :]
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                    os.rename(tmp, self.path.name, src_dir_fd=d, dst_dir_fd=d)
+                except OSError:  # disk full, read-only: the previous file stays whole, no temp file is left
+                    os.unlink(tmp, dir_fd=d)
+                    raise
+        except OSError as e:
+            raise StateFileError(f"state file {self.path}: cannot write: {_reason(e)}") from None
 
     def remove(self) -> None:
         """After a clean stop nothing is left to restore: no file means no work at the next start."""
         try:
-            self.path.unlink()
+            with self._directory(create=False) as d:
+                os.unlink(self.path.name, dir_fd=d)
         except FileNotFoundError:
             pass
 
+    def move_aside(self) -> Path:
+        """Keep a state file that cannot be trusted for the operator to look at, out of the daemon's way."""
+        aside = f"{self.path.name}.corrupt-{int(time.time())}"
+        try:
+            with self._directory(create=False) as d:
+                os.rename(self.path.name, aside, src_dir_fd=d, dst_dir_fd=d)
+        except OSError as e:
+            raise StateFileError(f"state file {self.path}: cannot move it aside to {aside}: {_reason(e)}") from None
+        return self.path.with_name(aside)
+
     @classmethod
     def load(cls, path: str | Path) -> StateFile:
-        """Read a state file; a missing file is an empty state, a bad one raises StateFileError."""
+        """Read a state file; a missing file is an empty state, a bad one raises StateFileError.
+
+        Only a regular file that root owns and nobody else may read or write is trusted: anything
+        else (a link, a FIFO, ``/dev/zero``, a file another user supplied) could name tasks the
+        daemon never placed and have their masks "restored"."""
         p = Path(path)
+        state = cls(p)
         try:
-            size = p.stat().st_size
+            with state._directory(create=False) as d:
+                raw = read_regular(p.name, MAX_STATE_BYTES, dir_fd=d, follow_symlinks=False, check=private_file)
         except FileNotFoundError:
-            return cls(p)
-        if size > MAX_STATE_BYTES:
-            raise StateFileError(f"state file {p}: {size} bytes exceeds the {MAX_STATE_BYTES} byte limit")
+            return state
+        except NotReadable as e:
+            raise StateFileError(f"state file {p}: {e}") from None
+        except OSError as e:
+            raise StateFileError(f"state file {p}: cannot read: {_reason(e)}") from None
         try:
-            data = json.loads(p.read_bytes())
+            data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise StateFileError(f"state file {p}: corrupt or truncated JSON ({e})") from None
+        except RecursionError:
+            raise StateFileError(f"state file {p}: JSON nested too deeply to be a state file") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise StateFileError(f"state file {p}: not an lbagent state file (format != {FORMAT!r})")
         if data.get("version") != VERSION:
-            raise StateFileError(f"state file {p}: version {data.get('version')!r}, this lbagent reads {VERSION}")
+            raise StateFileError(f"state file {p}: version {brief(data.get('version'))}, this lbagent reads {VERSION}")
         if data.get("boot_id") != boot_id():
-            return cls(p)  # written before a reboot: every task it names is gone
+            return state  # written before a reboot: every task it names is gone
         entries = data.get("placements")
         if not isinstance(entries, list):
             raise StateFileError(f"state file {p}: 'placements' must be a list")
-        placements = {}
         for i, entry in enumerate(entries):
             placement = _placement(entry, f"state file {p}: placement {i}")
-            placements[placement.tgid] = placement
-        return cls(p, placements)
+            state.placements[placement.tgid] = placement
+        return state
+
+
+def trusted_directory(directory: Path, create: bool, where: str) -> int:
+    """Open ``directory`` one component at a time, never through a link, and refuse it unless no
+    user but root can change what it holds; missing components are made (mode 0700) if ``create``.
+
+    Each ancestor must be root's and not writable by others unless sticky (like /tmp: nobody can
+    rename a root-owned entry there); the directory itself must not be writable by others at all,
+    or another user could plant a link or a file of their own at the state file's name.
+    """
+    fd = os.open("/", _DIRECTORY)
+    here = Path("/")
+    try:
+        _check_directory(fd, here, len(directory.parts) == 1, where)
+        for i, part in enumerate(directory.parts[1:], 2):
+            here = here / part
+            try:
+                below = os.open(part, _DIRECTORY, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    os.mkdir(part, 0o700, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                below = os.open(part, _DIRECTORY, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    what = "a symbolic link" if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode) else "not a directory"
+                    raise StateFileError(f"{where}: {here} is {what} (give the real path of a directory)") from None
+                raise
+            os.close(fd)
+            fd = below
+            _check_directory(fd, here, i == len(directory.parts), where)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _trusted_owners() -> set[int]:
+    return {0, os.geteuid()}
+
+
+def _check_directory(fd: int, here: Path, last: bool, where: str) -> None:
+    st = os.fstat(fd)
+    if st.st_uid not in _trusted_owners():
+        raise StateFileError(f"{where}: directory {here} is owned by uid {st.st_uid}, not root")
+    if st.st_mode & 0o022 and (last or not st.st_mode & stat.S_ISVTX):
+        raise StateFileError(f"{where}: directory {here} is writable by other users (mode "
+                             f"{stat.S_IMODE(st.st_mode):04o}): keep the state file in a directory only root can write")
+
+
+def private_file(st: os.stat_result) -> str | None:
+    """Why a state or lock file cannot be root's private record, or None when it is."""
+    if not stat.S_ISREG(st.st_mode):
+        return f"is {kind(st.st_mode)}, not a regular file"
+    if st.st_uid not in _trusted_owners():
+        return f"is owned by uid {st.st_uid}, not root"
+    if st.st_mode & 0o077:
+        return f"has mode {stat.S_IMODE(st.st_mode):04o}, not private to root (0600)"
+    if st.st_nlink != 1:
+        return f"has {st.st_nlink} hard links"
+    return None
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or str(e)
 
 
 def _placement(e: object, where: str) -> Placement:
     if not isinstance(e, dict):
         raise StateFileError(f"{where}: must be an object")
 
-    def need(key: str, kind: type):
+    def need(key: str, want: type):
         v = e.get(key)
-        if not isinstance(v, kind) or isinstance(v, bool):
-            raise StateFileError(f"{where}: {key!r} must be {kind.__name__}, got {v!r}")
+        if not isinstance(v, want) or isinstance(v, bool):
+            raise StateFileError(f"{where}: {key!r} must be {want.__name__}, got {brief(v)}")
         return v
 
     def cpus(v: object, key: str) -> tuple[int, ...]:
         if not isinstance(v, list) or not v or not all(isinstance(c, int) and 0 <= c < 65536 for c in v):
-            raise StateFileError(f"{where}: {key!r} must be a non-empty list of CPU numbers, got {v!r}")
+            raise StateFileError(f"{where}: {key!r} must be a non-empty list of CPU numbers, got {brief(v)}")
         return tuple(v)
 
     tgid, start = need("tgid", int), need("start", int)
-    if tgid <= 1 or start < 0:
+    if not 1 < tgid <= PID_MAX or start < 0:
         raise StateFileError(f"{where}: tgid {tgid} / start {start} out of range")
     mode = need("mode", str)
     if mode not in MODES:
-        raise StateFileError(f"{where}: 'mode' must be {' or '.join(MODES)}, got {mode!r}")
+        raise StateFileError(f"{where}: 'mode' must be {' or '.join(MODES)}, got {brief(mode)}")
     raw_orig = need("originals", dict)
     originals = {}
     for t, m in raw_orig.items():
-        if not t.isdigit():
-            raise StateFileError(f"{where}: thread id {t!r} is not a number")
+        if not (t.isascii() and t.isdigit() and 0 < int(t) <= PID_MAX):  # "١٢" and "²" are digits too
+            raise StateFileError(f"{where}: thread id {brief(t)} is not a number from 1 to {PID_MAX}")
         originals[int(t)] = cpus(m, f"originals[{t}]")
     if not originals:
         raise StateFileError(f"{where}: 'originals' is empty")
     cgroup = e.get("cgroup")
-    if cgroup is not None and not (isinstance(cgroup, str) and cgroup.startswith("/")):
-        raise StateFileError(f"{where}: 'cgroup' must be null or an absolute path, got {cgroup!r}")
+    if cgroup is not None and not (isinstance(cgroup, str) and cgroup.startswith("/") and ".." not in cgroup.split("/")):
+        raise StateFileError(f"{where}: 'cgroup' must be null or an absolute path without '..', got {brief(cgroup)}")
     return Placement(tgid, start, need("comm", str), mode, cpus(e.get("applied"), "applied"), originals, cgroup)

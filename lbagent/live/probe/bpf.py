@@ -102,7 +102,7 @@ class BpfProbe:
                                   f"{ctypes.sizeof(expected)}: object and loader out of date", errno.EINVAL)
         rodata.set_initial_value(_Config(
             self_tgid=os.getpid(),
-            filter_cgroup=bool(self.scope.cgroup_ids),
+            filter_cgroup=self.scope.by_cgroup,
             filter_comm=bool(self.scope.comms),
             filter_uid=bool(self.scope.uids),
         ))

@@ -41,7 +41,7 @@ from lbagent.hostinfo import (
     state_and_cpu,
     unified_root,
 )
-from lbagent.live.cgroups import task_cgroups
+from lbagent.live import cgroups
 from lbagent.live.probe.netlink import MulticastListener
 from lbagent.live.probe.taskstats import TaskExitStats
 from lbagent.live.probe.types import CpuSample, EventKind, Scope, Snapshot, TaskEvent
@@ -51,18 +51,12 @@ log = logging.getLogger("lbagent.live.probe")
 
 
 def cgroup_ids(pid: int, mount: Path | None) -> list[int]:
-    """The v2 cgroup ids (directory inodes, as the BPF side reads kn->id) of a process's cgroup
-    and its ancestors, root first, its own last; [0] without a v2 hierarchy."""
+    """The v2 cgroup ids of a process's cgroup and its ancestors (:func:`cgroups.ancestry`); [0]
+    without a v2 hierarchy."""
     if mount is None:
         return [0]
-    own = task_cgroups(pid).get("")
-    if own is None:
-        return [0]
-    path, ids = mount, [os.stat(mount).st_ino]
-    for part in Path(own.strip()).parts[1:]:
-        path = path / part
-        ids.append(os.stat(path).st_ino)
-    return ids
+    own = cgroups.task_cgroups(pid).get("")
+    return [0] if own is None else cgroups.ancestry(mount, own.strip())
 
 
 def runnable_per_cpu(exclude: Collection[int] = ()) -> Counter[int]:
@@ -169,12 +163,9 @@ class ProcfsProbe:
         info = read_task(pid)
         if info.flags & PF_KTHREAD:
             return None
-        cgroup = 0
-        if self.scope.cgroup_ids:  # a scope cgroup covers its subtree, as on the BPF side
-            ids = cgroup_ids(pid, self._cgroup_mount)
-            cgroup = next((i for i in ids if i in self.scope.cgroup_ids), ids[-1])
+        ancestry = cgroup_ids(pid, self._cgroup_mount) if self.scope.by_cgroup else []
         info = replace(info, uid=read_uid(pid))
-        return info if self.scope.matches(cgroup, info.comm, info.uid) else None
+        return info if self.scope.matches(ancestry, info.comm, info.uid) else None
 
     def _maybe_arrive(self, tgid: int, cpu: int, ts_ns: int, parent: int = 0) -> TaskEvent | None:
         """Same rule as the BPF probe: a process enters the scope once, at fork or at exec. A child

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -60,15 +61,32 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Scope:
-    """Which tasks the agent manages; an empty scope field means "no restriction on that field"."""
+    """Which tasks the agent manages, the one rule for the probes, the actuator and the CLI: a task
+    matches when it satisfies every field that is set; an unset field means "no restriction".
+
+    A scope cgroup covers its whole subtree, so a task matches by the ids of its cgroup *and its
+    ancestors*. Configured cgroups that do not exist yet still restrict: the scope then holds no
+    task through them until they appear (see ``missing``), never every task on the host.
+    """
 
     cgroup_ids: frozenset[int] = field(default_factory=frozenset)
+    """cgroup v2 ids (directory inodes, as BPF's ``kn->id``) of the scope cgroups that exist."""
     comms: frozenset[str] = field(default_factory=frozenset)
     uids: frozenset[int] = field(default_factory=frozenset)
+    cgroups: tuple[str, ...] = ()
+    """The configured cgroup paths (relative to the v2 root), when the scope came from paths."""
+    missing: tuple[str, ...] = ()
+    """Those of ``cgroups`` that do not exist yet (a systemd slice appears with its first unit)."""
 
-    def matches(self, cgroup: int, comm: str, uid: int) -> bool:
+    @property
+    def by_cgroup(self) -> bool:
+        """Whether cgroups restrict the scope (even when none of them exists yet)."""
+        return bool(self.cgroups or self.cgroup_ids)
+
+    def matches(self, ancestry: Collection[int], comm: str, uid: int) -> bool:
+        """``ancestry``: the ids of the task's cgroup and of all its ancestors (unused without ``by_cgroup``)."""
         return (
-            (not self.cgroup_ids or cgroup in self.cgroup_ids)
+            (not self.by_cgroup or not self.cgroup_ids.isdisjoint(ancestry))
             and (not self.comms or comm in self.comms)
             and (not self.uids or uid in self.uids)
         )
