@@ -47,11 +47,11 @@ from lbagent.live import share
 log = logging.getLogger(__name__)
 
 COMMANDS = (
-    taskgen.Command("cc", 0.5, 0.010),
-    taskgen.Command("ld", 0.2, 0.030),
-    taskgen.Command("test", 0.3, 0.020),
+    taskgen.Command("fid-cc", 0.5, 0.010),
+    taskgen.Command("fid-ld", 0.2, 0.030),
+    taskgen.Command("fid-test", 0.3, 0.020),
 )
-"""Three commands with their own size scales (Pareto 1.5: means 30, 90, 60 ms; about 50 ms overall,
+"""Three commands (named for the bench, so its tasks are recognisable) with their own size scales (Pareto 1.5: means 30, 90, 60 ms; about 50 ms overall,
 47 ms after the 2 s cap), so a per-command history predicts a task's size only roughly."""
 ORACLE_OVER = 0.100
 """The oracle's rule: a task of more than this much work (s) starts in background."""
@@ -97,8 +97,10 @@ class Run:
     mean: float
     """Mean completion time (exit - fork) over the tasks, s; unfinished ones counted at the drain limit."""
     unfinished: int
+    own: float
+    """CPU-s of the run's own processes (this one, the generator, its tasks, the hog)."""
     elsewhere: float
-    """CPU-s the box was busy beyond the run's own processes."""
+    """CPU-s the box was busy beyond them."""
     demoted: int
     move_max: float
     """Longest wait for one demotion (s): moving another process waits for an RCU grace period."""
@@ -234,11 +236,12 @@ class Bench:
         finally:
             if hog:
                 hog.stop()
-        elsewhere = (box_busy_seconds() - busy0) - (own_cpu_seconds() - own0)
+        own = own_cpu_seconds() - own0
+        elsewhere = box_busy_seconds() - busy0 - own
         jct = [c for _, c, _ in results]
         lag = max((a - t.at for (a, _, _), t in zip(results, schedule, strict=True)), default=0.0)
         return Run(workload.name, rule.spec, repeat, len(jct), statistics.fmean(jct),
-                   sum(not done for _, _, done in results), elsewhere, demoted, move_max, lag)
+                   sum(not done for _, _, done in results), own, elsewhere, demoted, move_max, lag)
 
 
 @dataclass(frozen=True)
@@ -269,7 +272,12 @@ class Row:
 class Report:
     rows: list[Row]
     runs: list[Run]
-    discarded: int
+    rejected: list[Run]
+    """Runs discarded as disturbed (each was rerun, up to the retry cap)."""
+
+    @property
+    def discarded(self) -> int:
+        return len(self.rejected)
 
     def to_json(self) -> dict:
         return {"runs": [r.to_json() for r in self.rows], "discarded": self.discarded}
@@ -294,7 +302,7 @@ def measure(
     cpus = len(hostinfo.online_cpus())
     schedules = {w.name: taskgen.make_batch(w.seed, seconds, w.load, w.cpus_for_tasks(cpus), COMMANDS) for w in workloads}
     kept: list[Run] = []
-    discarded = 0
+    rejected: list[Run] = []
     with ExitStack() as stack:
         bench = Bench(stack)
         for repeat in range(repeats):
@@ -308,15 +316,15 @@ def measure(
                         if run.elsewhere <= max_elsewhere:
                             kept.append(run)
                             break
-                        discarded += 1
+                        rejected.append(run)
                         progress(f"discarded: {run.elsewhere:.2f} CPU-s went elsewhere (limit {max_elsewhere:g})")
     capacities = tuple(c.capacity for c in hostinfo.read_cpus())
     rows = [row(w, list(policies), kept, schedules[w.name], capacities) for w in workloads]
-    return Report([r for group in rows for r in group], kept, discarded)
+    return Report([r for group in rows for r in group], kept, rejected)
 
 
 def describe(run: Run) -> str:
-    text = (f"{run.tasks} tasks, mean {run.mean * 1e3:.1f} ms, {run.elsewhere:+.2f} CPU-s elsewhere, "
+    text = (f"{run.tasks} tasks, mean {run.mean * 1e3:.1f} ms, {run.own:.2f} CPU-s own, {run.elsewhere:+.2f} elsewhere, "
             f"arrival lag max {run.lag_max * 1e3:.1f} ms")
     if run.policy.startswith("las"):
         text += f", {run.demoted} demoted (longest move {run.move_max * 1e3:.1f} ms)"
