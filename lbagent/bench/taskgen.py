@@ -154,8 +154,8 @@ def generate(
             pid = os.fork()
             if pid == 0:
                 try:
-                    if join and join[i]:
-                        with open(join[i], "w") as f:
+                    if join and (target := join[i]):
+                        with open(target, "w") as f:
                             f.write("0")
                     if prctl is not None and tasks[i].comm:
                         prctl(15, tasks[i].comm.encode()[:15], 0, 0, 0)  # PR_SET_NAME

@@ -219,8 +219,10 @@ def demo_cmd(seconds: float, seed: int, heuristic: str, learned: str, json_path:
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1), help="Alternated rounds: every policy on every workload per round.")
 @click.option("--seconds", default=15.0, show_default=True, type=click.FloatRange(1, 600), help="Arrivals per run (a few hundred tasks at the default).")
 @click.option("--workloads", default=None, help="Comma-separated workloads (default: all).")
-@click.option("--policies", default=None, help="Comma-separated policies, kernel among them (default: kernel,las:30ms,oracle; las takes any threshold, las:<N>ms).")
-@click.option("--max-elsewhere", default=0.4, show_default=True, type=click.FloatRange(0), help="CPU-s other processes may take during a run before it is discarded and rerun.")
+@click.option("--policies", default=None,
+              help="Comma-separated policies, kernel among them (default: kernel,las:30ms,oracle; las takes any threshold, las:<N>ms).")
+@click.option("--max-elsewhere", default=0.4, show_default=True, type=click.FloatRange(0),
+              help="CPU-s other processes may take during a run before it is discarded and rerun.")
 @click.option("--retries", default=3, show_default=True, type=click.IntRange(0), help="Reruns of a disturbed run before that cell is left without it.")
 @click.option("--json", "json_path", default=None, help="Write the results as JSON to this file ('-': stdout, the table then goes to stderr).")
 def bench_fidelity(repeats: int, seconds: float, workloads: str | None, policies: str | None, max_elsewhere: float,

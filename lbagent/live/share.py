@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
