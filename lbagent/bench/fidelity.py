@@ -363,14 +363,17 @@ def row(workload: Workload, policies: list[str], runs: list[Run], schedule: list
 
 
 def render_table(report: Report, title: str):
+    from rich import box
     from rich.table import Table
 
     def fmt(value: float | None, spec: str = ".3f") -> str:
         return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
 
-    table = Table(title=title)
-    for column in ("workload", "policy", "real mean (ms)", "real ratio", "sim ratio", "difference", "spread", "runs"):
-        table.add_column(column, justify="left" if column in ("workload", "policy") else "right")
+    table = Table(title=title, box=box.SIMPLE, pad_edge=False)  # about 80 columns wide: numbers keep their width, headers wrap
+    for column in ("workload", "policy"):
+        table.add_column(column, no_wrap=True)
+    for column in ("real mean ms", "real ratio", "sim ratio", "sim - real", "spread", "runs"):
+        table.add_column(column, justify="right", width=4 if column == "runs" else 7 if column == "sim - real" else 6)
     for r in report.rows:
         table.add_row(r.workload, r.policy, fmt(None if r.real_mean is None else r.real_mean * 1e3, ".1f"),
                       fmt(r.real_ratio), fmt(r.sim_ratio), fmt(r.difference, "+.3f"), fmt(r.spread), str(r.runs))

@@ -256,7 +256,7 @@ def bench_fidelity(repeats: int, seconds: float, workloads: str | None, policies
     fidelity.check_json_target(json_path)
     report = fidelity.measure([known[n] for n in names], specs, repeats, seconds, max_elsewhere, retries)
     console = Console(stderr=json_path == "-")
-    console.print(fidelity.render_table(report, f"mean completion time vs the kernel, real and simulated ({repeats} repeats of {seconds:g} s)"))
+    console.print(fidelity.render_table(report, f"real and simulated mean completion time, ratio to the kernel ({repeats} x {seconds:g} s)"))
     for r in report.rows:
         if r.note:
             console.print(f"{r.workload} {r.policy}: {r.note}")

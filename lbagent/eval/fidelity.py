@@ -43,8 +43,8 @@ class Workload:
 WORKLOADS = (
     Workload("load80", 0.80, seed=80),
     Workload("load95", 0.95, seed=95),
-    Workload("load80+hog-same-group", 0.80, "same", seed=81),
-    Workload("load80+hog-other-group", 0.80, "other", seed=82),
+    Workload("load80-hog-same", 0.80, "same", seed=81),
+    Workload("load80-hog-other", 0.80, "other", seed=82),
 )
 POLICIES = ("kernel", "las:30ms", "oracle")
 """What the bench compares: the kernel alone, demotion after 30 ms of attained CPU, and the oracle
