@@ -6,8 +6,11 @@ modulated Poisson process: calm, then bursts at several times the rate) and size
 (Pareto, alpha 1.5, as in Park's load_balance), which is where placement matters.
 
 The generator runs as its own process (``python -m lbagent.bench.taskgen``): it moves itself into the
-workload cgroup first, then forks one child per task at its arrival time; the child burns exactly
-its CPU work and exits; completion times come from pidfds, not from polling.
+workload cgroup first (or each child joins a cgroup of its own by itself, see ``join``), then forks
+one child per task at its arrival time; the child names itself after the task's command, burns
+exactly its CPU work and exits; completion times come from pidfds, not from polling. Under load a
+nice-0 forker lags its arrivals by milliseconds (host-facts): :class:`Generators` can start it at
+real-time priority, the children reset to normal scheduling.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +34,48 @@ class Task:
     """CPU seconds the task burns."""
     hold: float = 0.0
     """Seconds the task sleeps first (the latency benchmark needs tasks that live past the daemon's reaction)."""
+    comm: str = ""
+    """The command name the task gives itself (empty: the generator's), as a per-command size history sees it."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command of a batch workload: its share of the arrivals and its own size scale."""
+
+    name: str
+    share: float
+    scale: float
+    """Pareto minimum (s): the command's mean work is ``scale * alpha / (alpha - 1)`` before the cap."""
+
+
+def capped_pareto_mean(scale: float, alpha: float, cap: float) -> float:
+    """E[min(X, cap)] for X Pareto with minimum ``scale`` and index ``alpha`` > 1."""
+    if cap <= scale:
+        return cap
+    return scale * alpha / (alpha - 1) - scale**alpha * cap ** (1 - alpha) / (alpha - 1)
+
+
+def make_batch(
+    seed: int, seconds: float, cpu_load: float, cpus: int, commands: tuple[Command, ...],
+    alpha: float = 1.5, max_work: float = 2.0,
+) -> list[Task]:
+    """Poisson arrivals of heavy-tailed CPU-bound tasks of several commands, ``cpu_load`` of ``cpus``
+    CPUs on average (the cap included in the mean, so the load is what is asked for)."""
+    import numpy as np  # not at module level: see make_schedule
+
+    total = sum(c.share for c in commands)
+    mean = sum(c.share / total * capped_pareto_mean(c.scale, alpha, max_work) for c in commands)
+    rate = cpu_load * cpus / mean
+    rng = np.random.default_rng(seed)
+    p = np.array([c.share / total for c in commands])
+    tasks: list[Task] = []
+    t = rng.exponential(1.0 / rate)
+    while t < seconds:
+        c = commands[int(rng.choice(len(commands), p=p))]
+        work = min(float(c.scale * (rng.pareto(alpha) + 1.0)), max_work)
+        tasks.append(Task(round(float(t), 6), round(work, 6), comm=c.name))
+        t += rng.exponential(1.0 / rate)
+    return tasks
 
 
 def make_schedule(
@@ -71,13 +117,20 @@ def burn(work: float) -> None:
 
 
 def generate(
-    tasks: list[Task], cgroup_procs: str | None, drain: float = 1e9, start_at: float | None = None
+    tasks: list[Task], cgroup_procs: str | None, drain: float = 1e9, start_at: float | None = None,
+    join: list[str | None] | None = None,
 ) -> list[tuple[float, float, bool]]:
     """Run the schedule from this process: (arrival, completion time, finished) per task.
 
     Tasks still running ``drain`` seconds after the last arrival are killed and reported unfinished,
-    with their time so far (a lower bound): a demo on a swamped host still ends on time.
+    with their time so far (a lower bound): a demo on a swamped host still ends on time. ``join``
+    gives per task a cgroup file the child writes ``0`` into before it burns (it joins by itself).
     """
+    prctl = None
+    if any(t.comm for t in tasks):
+        import ctypes
+
+        prctl = ctypes.CDLL(None).prctl  # loaded before the forks, so no child pays for it
     if cgroup_procs:
         Path(cgroup_procs).write_text("0")
     if start_at is not None:
@@ -101,6 +154,11 @@ def generate(
             pid = os.fork()
             if pid == 0:
                 try:
+                    if join and (target := join[i]):
+                        with open(target, "w") as f:
+                            f.write("0")
+                    if prctl is not None and tasks[i].comm:
+                        prctl(15, tasks[i].comm.encode()[:15], 0, 0, 0)  # PR_SET_NAME
                     time.sleep(tasks[i].hold)
                     burn(tasks[i].work)
                 finally:
@@ -120,36 +178,81 @@ def generate(
     return results
 
 
+class Generators:
+    """Generator processes running one schedule (only they and their tasks join the cgroup).
+
+    A fork costs about a millisecond on these hosts, so high arrival rates deal the tasks
+    round-robin to ``workers`` generators, which all start at the same CLOCK_MONOTONIC instant.
+    Each runs in its own session, so :meth:`kill` ends it together with every task it forked.
+    ``preexec`` runs in each generator before it starts (e.g. to make it real-time).
+    """
+
+    def __init__(
+        self, tasks: list[Task], cgroup_dir: Path | None, drain: float = 1e9, workers: int = 1,
+        join: list[str | None] | None = None, preexec: Callable[[], None] | None = None,
+    ) -> None:
+        self.tasks, self.workers, self.drain = tasks, workers, drain
+        self.start_at = time.monotonic() + 0.3 + 0.1 * workers
+        self.procs: list[subprocess.Popen] = []
+        try:
+            for w in range(workers):
+                payload = json.dumps({"tasks": [[t.at, t.work, t.hold, t.comm] for t in tasks[w::workers]],
+                                      "drain": drain, "start_at": self.start_at,
+                                      "join": join[w::workers] if join else None,
+                                      "cgroup_procs": str(cgroup_dir / "cgroup.procs") if cgroup_dir else None})
+                p = subprocess.Popen([sys.executable, "-m", "lbagent.bench.taskgen"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True, preexec_fn=preexec)
+                self.procs.append(p)
+                assert p.stdin is not None  # stdin=PIPE
+                p.stdin.write(payload)
+                p.stdin.close()
+                p.stdin = None  # sent: communicate() only collects the results
+        except BaseException:
+            self.kill()
+            raise
+
+    @property
+    def pids(self) -> set[int]:
+        return {p.pid for p in self.procs}
+
+    def running(self) -> bool:
+        return any(p.poll() is None for p in self.procs)
+
+    def results(self) -> list[tuple[float, float, bool]]:
+        """Wait for every generator: (arrival, completion time, finished) per task, in schedule order."""
+        timeout = self.start_at - time.monotonic() + (self.tasks[-1].at if self.tasks else 0.0) + min(self.drain, 3600) + 60
+        results: list = [None] * len(self.tasks)
+        for w, p in enumerate(self.procs):
+            out, err = p.communicate(timeout=timeout)
+            if p.returncode != 0:
+                raise RuntimeError(f"workload generator failed: {err.strip()[-500:]}")
+            results[w::self.workers] = [tuple(r) for r in json.loads(out)]
+        return results
+
+    def kill(self) -> None:
+        """End the generators and every task they forked (a no-op once they finished)."""
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, 9)
+                except ProcessLookupError:
+                    pass
+            p.wait()
+            for stream in (p.stdout, p.stderr):
+                if stream:
+                    stream.close()
+
+
 def run(
     tasks: list[Task], cgroup_dir: Path | None, drain: float = 1e9, workers: int = 1
 ) -> list[tuple[float, float, bool]]:
-    """Run the schedule from generator processes (only they and their tasks join the cgroup).
-
-    A fork costs about a millisecond on these hosts, so high arrival rates deal the tasks
-    round-robin to ``workers`` generators, which all start at the same CLOCK_MONOTONIC instant;
-    results come back in schedule order.
-    """
-    start_at = time.monotonic() + 0.3 + 0.1 * workers
-    procs = []
-    for w in range(workers):
-        payload = json.dumps({"tasks": [[t.at, t.work, t.hold] for t in tasks[w::workers]], "drain": drain,
-                              "start_at": start_at,
-                              "cgroup_procs": str(cgroup_dir / "cgroup.procs") if cgroup_dir else None})
-        p = subprocess.Popen([sys.executable, "-m", "lbagent.bench.taskgen"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert p.stdin is not None  # stdin=PIPE
-        p.stdin.write(payload)
-        p.stdin.close()
-        p.stdin = None  # sent: communicate() only collects the results
-        procs.append(p)
-    timeout = start_at - time.monotonic() + (tasks[-1].at if tasks else 0.0) + min(drain, 3600) + 60
-    results: list = [None] * len(tasks)
-    for w, p in enumerate(procs):
-        out, err = p.communicate(timeout=timeout)
-        if p.returncode != 0:
-            raise RuntimeError(f"workload generator failed: {err.strip()[-500:]}")
-        results[w::workers] = [tuple(r) for r in json.loads(out)]
-    return results
+    """Run the schedule from :class:`Generators` and wait for it; results come back in schedule order."""
+    gens = Generators(tasks, cgroup_dir, drain, workers)
+    try:
+        return gens.results()
+    finally:
+        gens.kill()
 
 
 class NoisyNeighbour:
@@ -173,8 +276,8 @@ class NoisyNeighbour:
 
 def _main() -> None:
     spec = json.loads(sys.stdin.read())
-    tasks = [Task(a, w, h) for a, w, h in spec["tasks"]]
-    json.dump(generate(tasks, spec.get("cgroup_procs"), spec["drain"], spec.get("start_at")), sys.stdout)
+    tasks = [Task(a, w, h, c) for a, w, h, c in spec["tasks"]]
+    json.dump(generate(tasks, spec.get("cgroup_procs"), spec["drain"], spec.get("start_at"), spec.get("join")), sys.stdout)
 
 
 if __name__ == "__main__":
