@@ -2,30 +2,48 @@
 
 Everything that both sides of lbagent must agree on lives here and nowhere else: how CPUs are
 grouped into slots, the observation's layout and its single ``encode`` function, the action space
-(a slot or ``KERNEL``), the reward, and the contract's version. A policy trained in the simulator
-is only valid on a host because both build a :class:`RawObservation` and call the same
-:func:`encode`.
+(a slot or ``KERNEL``, times a share class), the reward, and the contract's version. A policy
+trained in the simulator is only valid on a host because both build a :class:`RawObservation` and
+call the same :func:`encode`.
 
 Units. Work is measured in *seconds of a capacity-1.0 CPU* on a host (a task of work 0.2 takes
 0.2 s alone on a full-speed CPU). The park dynamics use Park's abstract time units instead; the
 ``time_unit`` of an environment converts its clock to the scale the encoder expects, so features
 of either dynamics land in the same numeric range.
 
+Decisions (version 2). ``ARRIVAL``: a new managed task, placed and given a class. ``REVIEW``: a
+managed task's attained CPU time crossed its next milestone ``m0 * 2**k`` (a multi-level feedback
+queue's view), so a policy can act on a size nobody predicted; on a review the slot part must be
+``KERNEL``, which there means *keep it where it is* (placement has no measured headroom on these
+hosts, so version 2 does not move running tasks), and only the class may change.
+
+Share classes. ``NORMAL`` keeps the task's weight; ``BACKGROUND`` moves it into an lbagent-owned
+low-weight child group of its own workload's group, where it yields only to that workload's normal
+tasks. Dynamics without share control (Park) mask every ``BACKGROUND`` action.
+
 Observation layout (float32, length :data:`OBS_DIM`)::
 
     [0 : 16*F)    per slot s, F = len(SLOT_FEATURES) features at [s*F : (s+1)*F):
                     mask            1 if the slot exists on this host, else 0 (all its features 0)
                     capacity        slot capacity / the largest slot capacity, in (0, 1]
-                    runnable        symlog(runnable tasks on the slot)
+                    runnable        symlog(runnable managed tasks on the slot, both classes)
+                    background      symlog(runnable BACKGROUND tasks on the slot)
                     util            busy fraction of the slot's CPUs over the last window, [0, 1]
                     placed          symlog(tasks placed on the slot in the last window)
                     work_left       symlog(estimated remaining work on the slot / time_unit)
                     expected_delay  symlog((work_left + task work) / capacity / time_unit):
-                                    capacity-aware finish-time estimate for the arriving task
-    [16*F]        task_work        symlog(predicted work of the arriving task / time_unit)
-    [16*F + 1]    task_unknown     1 if no history predicts the task's work (task_work is a prior)
-    [16*F + 2]    since_last       symlog(time since the previous decision / time_unit)
-    [16*F + 3]    load             symlog(runnable tasks on all slots / active slots)
+                                    capacity-aware finish-time estimate for the task under decision
+                    current         1 on the slot the reviewed task runs on (0 everywhere on arrivals)
+    [16*F]        review           1 for a REVIEW decision, 0 for an ARRIVAL
+    [16*F + 1]    task_work        symlog(predicted work of the task / time_unit)
+    [16*F + 2]    task_unknown     1 if no history predicts the task's work (task_work is a prior)
+    [16*F + 3]    attained         symlog(CPU time the task has received / time_unit), 0 on arrival
+    [16*F + 4]    background_now   1 if the reviewed task is BACKGROUND now
+    [16*F + 5]    since_last       symlog(time since the previous decision / time_unit)
+    [16*F + 6]    load             symlog(runnable tasks on all slots / active slots)
+
+Action: ``compose_action(slot, cls) = cls * (MAX_SLOTS + 1) + slot``, so the NORMAL actions are
+exactly version 1's (a slot index, or ``KERNEL``).
 """
 
 from __future__ import annotations
@@ -39,24 +57,33 @@ import numpy as np
 if TYPE_CHECKING:
     from gymnasium.spaces import Box, Discrete
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
 """Bumped whenever the layout, the action space or the reward changes meaning."""
 
 MAX_SLOTS = 16
 KERNEL = MAX_SLOTS
-"""The action that leaves the task's affinity alone and lets the kernel's balancer decide."""
-N_ACTIONS = MAX_SLOTS + 1
+"""The slot part that leaves the task's affinity alone: the kernel's balancer decides on an
+arrival; on a review it means keep the task where it is."""
+N_PLACEMENTS = MAX_SLOTS + 1
+NORMAL, BACKGROUND = 0, 1
+CLASSES: tuple[str, ...] = ("normal", "background")
+N_CLASSES = len(CLASSES)
+N_ACTIONS = N_PLACEMENTS * N_CLASSES
+ARRIVAL, REVIEW = 0, 1
+DECISIONS: tuple[str, ...] = ("arrival", "review")
 
 SLOT_FEATURES: tuple[str, ...] = (
     "mask",
     "capacity",
     "runnable",
+    "background",
     "util",
     "placed",
     "work_left",
     "expected_delay",
+    "current",
 )
-TASK_FEATURES: tuple[str, ...] = ("task_work", "task_unknown")
+TASK_FEATURES: tuple[str, ...] = ("review", "task_work", "task_unknown", "attained", "background_now")
 GLOBAL_FEATURES: tuple[str, ...] = ("since_last", "load")
 N_SLOT_FEATURES = len(SLOT_FEATURES)
 OBS_DIM = MAX_SLOTS * N_SLOT_FEATURES + len(TASK_FEATURES) + len(GLOBAL_FEATURES)
@@ -69,6 +96,17 @@ def symlog(x: np.ndarray) -> np.ndarray:
 
 def symexp(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.expm1(np.abs(x))
+
+
+def compose_action(slot: np.ndarray | int, cls: np.ndarray | int) -> np.ndarray:
+    """The action for a slot part (a slot index or ``KERNEL``) and a share class."""
+    return np.asarray(cls, dtype=np.int64) * N_PLACEMENTS + np.asarray(slot, dtype=np.int64)
+
+
+def split_action(action: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+    """(slot part, class) of actions: the inverse of :func:`compose_action`."""
+    a = np.asarray(action, dtype=np.int64)
+    return a % N_PLACEMENTS, a // N_PLACEMENTS
 
 
 def feature_index(name: str, slot: int | None = None) -> int:
@@ -193,8 +231,35 @@ class RawObservation:
     """Scale of the environment's clock: work and times are divided by it before symlog."""
     kernel_allowed: np.ndarray | bool = True
     """Whether ``KERNEL`` is a valid action (park has no kernel balancer to defer to)."""
+    share_allowed: np.ndarray | bool = False
+    """Whether ``BACKGROUND`` is a valid class (the dynamics or host can apply a share)."""
+    review: np.ndarray | None = None
+    """(B,) bool: the decision is a REVIEW of a running task (None: every row is an ARRIVAL)."""
+    attained: np.ndarray | None = None
+    """(B,) CPU time the task under decision has received (0 on arrival)."""
+    current_slot: np.ndarray | None = None
+    """(B,) int, the slot the reviewed task runs on, -1 on arrival."""
+    background_now: np.ndarray | None = None
+    """(B,) bool, the reviewed task is BACKGROUND now."""
+    runnable_bg: np.ndarray | None = None
+    """(B, MAX_SLOTS) runnable BACKGROUND tasks per slot (None: none)."""
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     """Dynamics-specific data that must not reach the policy (e.g. Park's raw observation)."""
+
+    def __post_init__(self) -> None:
+        """Dynamics without reviews or share control (Park, the daemon before it applies shares)
+        leave the version-2 fields out; they read as arrivals of NORMAL tasks with nothing attained."""
+        b = self.batch
+        if self.review is None:
+            self.review = np.zeros(b, dtype=bool)
+        if self.attained is None:
+            self.attained = np.zeros(b)
+        if self.current_slot is None:
+            self.current_slot = np.full(b, -1, dtype=np.int64)
+        if self.background_now is None:
+            self.background_now = np.zeros(b, dtype=bool)
+        if self.runnable_bg is None:
+            self.runnable_bg = np.zeros_like(self.runnable, dtype=np.float64)
 
     @property
     def batch(self) -> int:
@@ -210,6 +275,7 @@ class RawObservation:
             **{k: pick(getattr(self, k)) for k in _RAW_ARRAY_FIELDS},
             time_unit=pick(self.time_unit),
             kernel_allowed=pick(self.kernel_allowed),
+            share_allowed=pick(self.share_allowed),
             extras={k: v[index] for k, v in self.extras.items()},
         )
 
@@ -224,6 +290,11 @@ _RAW_ARRAY_FIELDS = (
     "task_work",
     "task_unknown",
     "since_last",
+    "review",
+    "attained",
+    "current_slot",
+    "background_now",
+    "runnable_bg",
 )
 
 
@@ -238,24 +309,30 @@ def encode(raw: RawObservation) -> np.ndarray:
     work_left = np.maximum(raw.work_left, 0.0)
     task_work = np.maximum(raw.task_work, 0.0)[:, None]
     delay = (work_left + task_work) / safe_cap / unit
+    current = np.asarray(raw.current_slot)[:, None] == np.arange(MAX_SLOTS)[None, :]
 
     per_slot = np.stack(
         [
             maskf,
             cap / max_cap,
             symlog(raw.runnable),
+            symlog(np.asarray(raw.runnable_bg, dtype=np.float64)),
             np.clip(raw.util, 0.0, 1.0),
             symlog(raw.placed),
             symlog(work_left / unit),
             symlog(delay),
+            current.astype(np.float64),
         ],
         axis=-1,
     ) * maskf[..., None]
     active = np.maximum(maskf.sum(axis=1), 1.0)
     tail = np.stack(
         [
+            np.asarray(raw.review, dtype=np.float64),
             symlog(task_work[:, 0] / unit[:, 0]),
             raw.task_unknown.astype(np.float64),
+            symlog(np.maximum(np.asarray(raw.attained, dtype=np.float64), 0.0) / unit[:, 0]),
+            np.asarray(raw.background_now, dtype=np.float64),
             symlog(np.maximum(raw.since_last, 0.0) / unit[:, 0]),
             symlog((raw.runnable * maskf).sum(axis=1) / active),
         ],
@@ -281,11 +358,19 @@ def gym_spaces() -> tuple[Box, Discrete]:
 
 
 def action_mask(raw: RawObservation) -> np.ndarray:
-    """Valid actions per decision, (B, N_ACTIONS) bool: existing slots, and KERNEL where allowed."""
-    m = np.zeros((raw.batch, N_ACTIONS), dtype=bool)
-    m[:, :MAX_SLOTS] = raw.slot_mask
-    m[:, KERNEL] = np.broadcast_to(np.asarray(raw.kernel_allowed, dtype=bool), (raw.batch,))
-    return m
+    """Valid actions per decision, (B, N_ACTIONS) bool.
+
+    An arrival may go to an existing slot, or to ``KERNEL`` where the dynamics have a balancer; a
+    review may only keep its task (``KERNEL``). ``BACKGROUND`` repeats the NORMAL row where share
+    control exists and is masked everywhere else.
+    """
+    b = raw.batch
+    placement = np.zeros((b, N_PLACEMENTS), dtype=bool)
+    review = np.asarray(raw.review, dtype=bool)
+    placement[:, :MAX_SLOTS] = raw.slot_mask & ~review[:, None]
+    placement[:, KERNEL] = np.broadcast_to(np.asarray(raw.kernel_allowed, dtype=bool), (b,)) | review
+    share = np.broadcast_to(np.asarray(raw.share_allowed, dtype=bool), (b,))
+    return np.concatenate([placement, placement & share[:, None]], axis=1)
 
 
 def validate_actions(actions: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -46,8 +46,8 @@ def test_each_shipped_suite_loads_and_runs(name):
             assert np.isfinite(obs).all() and np.all(reward <= 0)
 
 
-def test_shipped_names_are_the_four_suites():
-    assert known_suites() == ["heldout", "park", "shift", "train"]
+def test_shipped_names_are_the_five_suites():
+    assert known_suites() == ["batch", "heldout", "park", "shift", "train"]
 
 
 def test_train_draws_a_new_workload_at_each_trial_start(tmp_path):

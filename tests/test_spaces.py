@@ -39,18 +39,17 @@ def make_raw(b: int = 2, n: int = 4, **over) -> RawObservation:
 
 
 def test_layout_is_pinned():
-    assert spaces.CONTRACT_VERSION == 1
-    assert MAX_SLOTS == 16 and KERNEL == 16 and N_ACTIONS == 17
+    assert spaces.CONTRACT_VERSION == 2
+    assert MAX_SLOTS == 16 and KERNEL == 16 and spaces.N_CLASSES == 2 and N_ACTIONS == 34
+    assert (spaces.NORMAL, spaces.BACKGROUND, spaces.ARRIVAL, spaces.REVIEW) == (0, 1, 0, 1)
     assert spaces.SLOT_FEATURES == (
-        "mask", "capacity", "runnable", "util", "placed", "work_left", "expected_delay",
+        "mask", "capacity", "runnable", "background", "util", "placed", "work_left", "expected_delay", "current",
     )
-    assert OBS_DIM == 16 * 7 + 4 == 116
+    assert OBS_DIM == 16 * 9 + 7 == 151
     assert feature_index("mask", 0) == 0
-    assert feature_index("expected_delay", 15) == 15 * 7 + 6
-    assert feature_index("task_work") == 112
-    assert feature_index("task_unknown") == 113
-    assert feature_index("since_last") == 114
-    assert feature_index("load") == 115
+    assert feature_index("current", 15) == 15 * 9 + 8
+    names = ("review", "task_work", "task_unknown", "attained", "background_now", "since_last", "load")
+    assert [feature_index(n) for n in names] == list(range(144, 151))
     with pytest.raises(KeyError):
         feature_index("nope")
     with pytest.raises(ValueError):
@@ -72,7 +71,7 @@ def test_encode_values_and_masking():
     raw.runnable[:, 10] = 99.0
     obs = encode(raw)
     s = feature_index("mask", 10)
-    assert np.all(obs[:, s : s + 7] == 0)
+    assert np.all(obs[:, s : s + spaces.N_SLOT_FEATURES] == 0)
     assert obs[0, feature_index("load")] == pytest.approx(np.log1p(2.0))
 
 
@@ -80,6 +79,42 @@ def test_time_unit_scales_work_and_time():
     a = encode(make_raw(work_left=np.full((2, 16), 300.0), task_work=np.full(2, 300.0), since_last=np.full(2, 50.0), time_unit=100.0))
     b = encode(make_raw(work_left=np.full((2, 16), 3.0), task_work=np.full(2, 3.0), time_unit=1.0))
     np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_compose_and_split_are_inverse_and_normal_actions_are_version_1s():
+    slots = np.arange(spaces.N_PLACEMENTS)
+    for cls in (spaces.NORMAL, spaces.BACKGROUND):
+        a = spaces.compose_action(slots, cls)
+        back_slot, back_cls = spaces.split_action(a)
+        assert back_slot.tolist() == slots.tolist() and (back_cls == cls).all()
+    assert spaces.compose_action(KERNEL, spaces.NORMAL) == KERNEL
+    assert spaces.compose_action(3, spaces.BACKGROUND) == 17 + 3
+    assert spaces.split_action(N_ACTIONS - 1) == (KERNEL, spaces.BACKGROUND)
+
+
+def test_review_and_share_masks():
+    """A review may only keep its task; BACKGROUND exists only where share control does."""
+    raw = make_raw(n=3, review=np.array([False, True]), share_allowed=np.array([True, True]))
+    m = action_mask(raw)
+    bg = spaces.compose_action(np.arange(17), spaces.BACKGROUND)
+    assert m[0, :3].all() and m[0, KERNEL] and m[0, bg[:3]].all() and m[0, bg[KERNEL]]
+    assert m[1].tolist() == [i in (KERNEL, bg[KERNEL]) for i in range(N_ACTIONS)]
+    parked = action_mask(make_raw(n=3))  # share_allowed defaults to False: park, the daemon in v1 mode
+    assert not parked[:, 17:].any() and parked[:, :3].all()
+
+
+def test_review_fields_reach_the_encoding():
+    raw = make_raw(review=np.array([True, False]), attained=np.array([2.0, 0.0]),
+                   current_slot=np.array([2, -1]), background_now=np.array([True, False]),
+                   runnable_bg=np.where(make_raw().slot_mask, 1.0, 0.0))
+    obs = encode(raw)
+    assert obs[:, feature_index("review")].tolist() == [1, 0]
+    assert obs[0, feature_index("attained")] == pytest.approx(np.log1p(2.0))
+    assert obs[0, feature_index("current", 2)] == 1 and obs[0, [feature_index("current", s) for s in (0, 1, 3)]].sum() == 0
+    assert obs[1, [feature_index("current", s) for s in range(16)]].sum() == 0
+    assert obs[:, feature_index("background_now")].tolist() == [1, 0]
+    assert obs[0, feature_index("background", 0)] == pytest.approx(np.log1p(1.0))
+    assert obs[0, feature_index("background", 5)] == 0  # a missing slot stays all zero
 
 
 def test_action_mask_and_validation():
@@ -93,7 +128,7 @@ def test_action_mask_and_validation():
     with pytest.raises(ValueError, match="masked"):
         validate_actions(np.array([0, KERNEL]), m)
     with pytest.raises(ValueError):
-        validate_actions(np.array([17, 0]), m)
+        validate_actions(np.array([N_ACTIONS, 0]), m)
 
 
 def test_reward_is_minus_task_time():

@@ -8,7 +8,7 @@ from lbagent.cli.common import csv_list, show_report
 
 
 @click.command("eval")
-@click.option("--suite", required=True, help="A suite name (train, park, shift, heldout) or a scenario .toml file.")
+@click.option("--suite", required=True, help="A suite name (train, park, shift, heldout, batch) or a scenario .toml file.")
 @click.option("--policies", required=True, help="Comma-separated: heuristic names, shipped policy names or policy files.")
 @click.option("--episodes", default=8, show_default=True, type=click.IntRange(1), help="Episodes per scenario.")
 @click.option("--seed", default=1000, show_default=True, type=int, help="Base seed (keep it away from training seeds).")
@@ -28,12 +28,12 @@ def eval_cmd(suite: str, policies: str, episodes: int, seed: int, json_path: str
     from rich.progress import Progress
 
     from lbagent.eval import evaluate
-    from lbagent.policy.heuristics import HEURISTICS
+    from lbagent.policy.heuristics import BASELINES
     from lbagent.sim.scenarios import load_suite
 
     specs = csv_list(policies)
     loaded = load_suite(suite)
-    runs = len(set(specs) | set(HEURISTICS))
+    runs = len(set(specs) | set(BASELINES))
     console = Console(stderr=True)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"eval {loaded.name}", total=runs * episodes * len(loaded.scenarios))

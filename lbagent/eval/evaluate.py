@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lbagent.policy import Policy, resolve_policy
-from lbagent.policy.heuristics import HEURISTICS, UnsupportedPolicy
+from lbagent.policy.heuristics import BASELINES, UnsupportedPolicy
 from lbagent.sim.base import EpisodeStats
 
 ProgressHook = Callable[[int], None]
@@ -136,8 +136,8 @@ def evaluate(suite, specs: Sequence[str], episodes: int, seed: int,
     """Evaluate ``specs``; the ratio is always to the best of *all* heuristics on the same episodes,
     so asking for ``--policies default,random`` cannot flatter a policy by a weak reference."""
     results = [evaluate_policy(s, suite, episodes, seed, on_episode) for s in specs]
-    reference = [r for r in results if r.policy in HEURISTICS]
-    reference += [evaluate_policy(h, suite, episodes, seed, on_episode) for h in HEURISTICS if h not in specs]
+    reference = [r for r in results if r.policy in BASELINES]
+    reference += [evaluate_policy(h, suite, episodes, seed, on_episode) for h in BASELINES if h not in specs]
     add_ratios(results, reference)
     return EvalReport(suite.name, episodes, seed, results)
 

@@ -27,7 +27,7 @@ from lbagent.eval.evaluate import (
 )
 from lbagent.eval.trace import Trace
 from lbagent.policy import resolve_policy
-from lbagent.policy.heuristics import HEURISTICS, UnsupportedPolicy
+from lbagent.policy.heuristics import BASELINES, UnsupportedPolicy
 from lbagent.sim.host import MAX_TASK_TABLE, TaskTableFull
 
 SCENARIO = "trace"
@@ -80,7 +80,7 @@ def replay(jobs: ReplayJobs, specs: Sequence[str], episodes: int, seed: int, tit
         return summarize(spec, {SCENARIO: [ep for row in stats for ep in row]})
 
     results = [run(spec) for spec in specs]
-    reference = [r for r in results if r.policy in HEURISTICS]
-    reference += [run(h) for h in HEURISTICS if h not in specs]
+    reference = [r for r in results if r.policy in BASELINES]
+    reference += [run(h) for h in BASELINES if h not in specs]
     add_ratios(results, reference)
     return EvalReport(title, episodes, seed, results)

@@ -40,6 +40,6 @@ def resolve_policy(spec: str, seed: int = 0) -> Policy:
 
     ``seed`` seeds a randomized heuristic; learned policies are seeded by ``begin_trial``."""
     from lbagent.policy.files import load_policy
-    from lbagent.policy.heuristics import HEURISTICS, make_heuristic
+    from lbagent.policy.heuristics import is_heuristic, make_heuristic
 
-    return make_heuristic(spec, seed) if spec in HEURISTICS else load_policy(spec)
+    return make_heuristic(spec, seed) if is_heuristic(spec) else load_policy(spec)

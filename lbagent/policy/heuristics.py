@@ -4,6 +4,12 @@ Each one reads only the contract's :class:`~lbagent.spaces.RawObservation`, so t
 the park and host dynamics and in the daemon. They are vectorized over the batch: a decision for
 1024 simulated environments is a handful of numpy operations. Ties go to the lowest slot index,
 as ``np.argmin`` (and Park's own least-load baseline) does.
+
+Placement heuristics choose a slot on arrivals, keep the task where it is on reviews, and leave
+every task NORMAL. The share heuristics leave placement to the kernel and choose the class:
+``las:T`` (least attained service: demote to BACKGROUND at the first review whose milestone is at or
+past T), ``sized:T`` (BACKGROUND on arrival when the predicted work exceeds T, then ``las:T``) and
+``oracle:T`` (simulator only: BACKGROUND while the true remaining work exceeds T, the ceiling).
 """
 
 from __future__ import annotations
@@ -13,10 +19,49 @@ from typing import Any
 
 import numpy as np
 
+from lbagent.errors import UserError
 from lbagent.policy import Policy
-from lbagent.spaces import KERNEL, RawObservation
+from lbagent.spaces import BACKGROUND, KERNEL, NORMAL, RawObservation, compose_action
 
 HEURISTICS: tuple[str, ...] = ("random", "round_robin", "jsq", "lwl", "sed", "po2", "kernel")
+"""The placement heuristics: every one is a baseline of every evaluation."""
+SHARE_HEURISTICS: dict[str, float] = {"las": 0.030, "sized": 0.030, "oracle": 0.100}
+"""The share heuristics and their default threshold in seconds of CPU (``las:30ms`` is measured on
+these hosts: 0.89-0.97x the kernel; ``oracle:100ms`` is host-facts' size-by-oracle rule)."""
+SPEC_HELP = (
+    "A heuristic (random, round_robin, jsq, lwl, sed, po2, kernel; las:T, sized:T, oracle:T with a "
+    "threshold T such as 30ms, 0.1s or 2000us, oracle in the simulator only), a shipped policy name "
+    "(default, park) or a policy file."
+)
+BASELINES: tuple[str, ...] = (*HEURISTICS, "las", "sized")
+"""The rules every evaluation compares against: the placement heuristics and the deployable share
+rules at their default thresholds (``oracle`` reads true sizes, so it is a ceiling, not a baseline)."""
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+class BadPolicySpec(UserError, ValueError):
+    """A heuristic name with a parameter that cannot be read."""
+
+
+def parse_threshold(text: str, spec: str) -> float:
+    """Seconds from ``30ms`` / ``0.1s`` / ``2000us`` (a bare number is seconds)."""
+    number, scale = text, 1.0
+    for suffix in sorted(_UNITS, key=len, reverse=True):
+        if text.endswith(suffix):
+            number, scale = text[: -len(suffix)], _UNITS[suffix]
+            break
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise BadPolicySpec(f"policy {spec!r}: threshold {text!r} is not a time such as 30ms, 0.1s or 2000us") from None
+    if not (np.isfinite(value) and 0 < value <= 3600):
+        raise BadPolicySpec(f"policy {spec!r}: threshold {text!r} must lie in (0, 3600] seconds")
+    return value
+
+
+def is_heuristic(spec: str) -> bool:
+    """Whether a policy spec names a heuristic (``las:30ms`` included) rather than a file."""
+    return spec in HEURISTICS or spec.split(":", 1)[0] in SHARE_HEURISTICS
 
 
 def argmin_valid(score: np.ndarray, slot_mask: np.ndarray) -> np.ndarray:
@@ -44,9 +89,17 @@ def earliest_finish(raw: RawObservation) -> np.ndarray:
 
 
 class _Heuristic:
-    """Heuristics learn nothing from rewards and, unless they say otherwise, keep no memory."""
+    """Heuristics learn nothing from rewards and, unless they say otherwise, keep no memory.
+
+    A placement heuristic answers arrivals in ``_choose``; reviews keep their task (``KERNEL``)."""
 
     name: str
+
+    def act(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
+        return np.where(raw.review, KERNEL, self._choose(obs, raw, mask))
+
+    def _choose(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
     @property
     def metadata(self) -> Mapping[str, Any]:
@@ -67,7 +120,7 @@ class _Stateless(_Heuristic):
         self.name = name
         self._score = score
 
-    def act(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
+    def _choose(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
         return argmin_valid(self._score(raw), raw.slot_mask)
 
 
@@ -90,7 +143,7 @@ class RandomSlot(_Seeded):
 
     name = "random"
 
-    def act(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
+    def _choose(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
         return np.argmax(self._slot_keys(raw), axis=1)
 
 
@@ -105,13 +158,14 @@ class RoundRobin(_Heuristic):
     def begin_trial(self, batch: int, seed: int) -> None:
         self._next = np.zeros(batch, dtype=np.int64)
 
-    def act(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
+    def _choose(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
         if self._next.shape[0] != raw.batch:
             self.begin_trial(raw.batch, 0)
         n_slots = np.maximum(raw.slot_mask.sum(axis=1), 1)
-        # Existing slots are the first n of the layout (spaces.SlotLayout), so the cursor is a count.
+        # Existing slots are the first n of the layout (spaces.SlotLayout), so the cursor is a count;
+        # a review takes no slot and does not move it.
         choice = self._next % n_slots
-        self._next = choice + 1
+        self._next = np.where(raw.review, self._next, choice + 1)
         return choice
 
 
@@ -120,7 +174,7 @@ class PowerOfTwo(_Seeded):
 
     name = "po2"
 
-    def act(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
+    def _choose(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
         two = np.argsort(-self._slot_keys(raw), axis=1)[:, :2]
         # A single-slot host has only one real candidate: the second pick falls on a masked slot.
         rows = np.arange(raw.batch)
@@ -135,10 +189,43 @@ class KernelDefault(_Heuristic):
 
     name = "kernel"
 
+    def _choose(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
+        return _kernel_actions(raw, mask, "the kernel baseline")
+
+
+def _kernel_actions(raw: RawObservation, mask: np.ndarray, who: str) -> np.ndarray:
+    if not mask[:, KERNEL].all():
+        raise UnsupportedPolicy(f"{who} needs a kernel balancer; these dynamics have none")
+    return np.full(raw.batch, KERNEL, dtype=np.int64)
+
+
+class ShareByThreshold(_Heuristic):
+    """The share heuristics: the kernel places; the class follows a CPU-time threshold."""
+
+    def __init__(self, rule: str, threshold: float, name: str) -> None:
+        self.rule, self.threshold, self.name = rule, threshold, name
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        return {**super().metadata, "threshold_s": self.threshold}
+
     def act(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
-        if not mask[:, KERNEL].all():
-            raise UnsupportedPolicy("the kernel baseline needs a kernel balancer; these dynamics have none")
-        return np.full(raw.batch, KERNEL, dtype=np.int64)
+        slot = _kernel_actions(raw, mask, f"{self.name}")
+        if not mask[:, compose_action(KERNEL, BACKGROUND)].all():
+            raise UnsupportedPolicy(f"{self.name} needs share control (a BACKGROUND class); these dynamics have none")
+        review = np.asarray(raw.review, dtype=bool)
+        # A milestone sits exactly at the attained time; the slack keeps 30ms from missing a 30 ms review.
+        crossed = np.asarray(raw.attained) >= self.threshold * (1 - 1e-9)
+        las = review & (np.asarray(raw.background_now, dtype=bool) | crossed)
+        if self.rule == "las":
+            demote = las
+        elif self.rule == "sized":
+            demote = las | (~review & ~np.asarray(raw.task_unknown, dtype=bool) & (raw.task_work > self.threshold))
+        else:
+            if "true_remaining" not in raw.extras:
+                raise UnsupportedPolicy(f"{self.name} reads each task's true size: the simulator only")
+            demote = raw.extras["true_remaining"] > self.threshold
+        return compose_action(slot, np.where(demote, BACKGROUND, NORMAL))
 
 
 class UnsupportedPolicy(RuntimeError):
@@ -146,7 +233,11 @@ class UnsupportedPolicy(RuntimeError):
 
 
 def make_heuristic(name: str, seed: int = 0) -> Policy:
-    """A fresh heuristic policy by name (see :data:`HEURISTICS`)."""
+    """A fresh heuristic policy by name (see :data:`HEURISTICS`, :data:`SHARE_HEURISTICS`)."""
+    rule, _, param = name.partition(":")
+    if rule in SHARE_HEURISTICS:
+        threshold = parse_threshold(param, name) if param else SHARE_HEURISTICS[rule]
+        return ShareByThreshold(rule, threshold, name)
     factories: dict[str, Callable[[], Policy]] = {
         "random": lambda: RandomSlot(seed),
         "round_robin": RoundRobin,
@@ -157,6 +248,6 @@ def make_heuristic(name: str, seed: int = 0) -> Policy:
         "kernel": KernelDefault,
     }
     if name not in factories:
-        raise KeyError(f"unknown heuristic {name!r}; known: {', '.join(HEURISTICS)}")
+        raise KeyError(f"unknown heuristic {name!r}; known: {', '.join(HEURISTICS + tuple(SHARE_HEURISTICS))}")
     return factories[name]()
 

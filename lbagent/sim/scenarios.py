@@ -38,6 +38,8 @@ from lbagent.sim.workload import (
     ARRIVALS,
     CAPACITY_RANGE,
     DEFAULTS,
+    MAX_COMMANDS,
+    NEIGHBOURS,
     SHIFTABLE,
     SIZES,
     Choice,
@@ -94,8 +96,13 @@ NUMERIC: dict[str, Bound] = {
     "unknown_prob": Bound(0, 1),
     "balance_interval": Bound(0, 10, lo_open=True),
     "util_window": Bound(0, 1e4, lo_open=True),
+    "commands": Bound(0, MAX_COMMANDS, integer=True),
+    "command_spread": Bound(0, 3),
+    "review_m0": Bound(0, 100, lo_open=True),
+    "max_reviews": Bound(0, 16, integer=True),
+    "bg_weight": Bound(1, 1024),
 }
-FAMILIES: dict[str, tuple[str, ...]] = {"arrival": ARRIVALS, "size": SIZES}
+FAMILIES: dict[str, tuple[str, ...]] = {"arrival": ARRIVALS, "size": SIZES, "neighbour": NEIGHBOURS}
 assert set(NUMERIC) | set(FAMILIES) == set(DEFAULTS)
 
 

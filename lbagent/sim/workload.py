@@ -21,6 +21,17 @@ The families:
   no interruption and the exact conditional mean (exponential shape), from one uniform per row.
 - ``diurnal``: a Poisson process with rate ``lam * (1 + a sin(2 pi t / period))``; the gap solves
   ``Lambda(t + g) - Lambda(t) = Exp(1)`` by Newton's method (monotone, fixed iteration count).
+- ``commands`` command names (0: one anonymous stream, the version-1 model), each with its own
+  scale ``exp(command_spread * z)`` (normalized to mean 1 over the commands) of the size family, so
+  a per-command history (the host's predictor) knows a task's command mean but not its own size:
+  the prediction is the command's mean with log-normal error ``predict_noise``. With 0 commands the
+  predictor sees the task's true work with that error (an idealized history).
+- ``neighbour``: where the noisy neighbour lives. ``outside`` (another group or session): while
+  active it takes ``background`` of its CPU whatever the workload's weights (group fairness; a hog
+  in another autogroup keeps ~93 % of its CPU whatever its nice). ``inside`` (a task of the
+  workload's own group): a NORMAL-weight hog the workload's BACKGROUND tasks also yield to.
+- reviews: a task's attained CPU time crossing ``review_m0 * 2**k`` seconds is a decision, at most
+  ``max_reviews`` per task; BACKGROUND tasks share a child group of weight ``bg_weight`` per CPU.
 - sizes have mean ``mean_work``: ``pareto`` (shape > 1), ``lognormal`` (sigma), ``bimodal`` (a
   small and a ``bimodal_ratio`` times larger mode, the large one with probability ``bimodal_prob``,
   each mode lognormal with sigma 0.2), ``uniform`` (``mean * (1 +- uniform_spread)``).
@@ -35,6 +46,11 @@ from typing import Any
 import numpy as np
 
 ARRIVALS: tuple[str, ...] = ("poisson", "bursty", "diurnal")
+NEIGHBOURS: tuple[str, ...] = ("outside", "inside")
+OUTSIDE, INSIDE = range(2)
+MAX_COMMANDS = 8
+NORMAL_WEIGHT = 1024.0
+"""CFS's weight of a nice-0 task (and of a cgroup with the default cpu.weight 100 / cpu.shares 1024)."""
 SIZES: tuple[str, ...] = ("pareto", "lognormal", "bimodal", "uniform")
 POISSON, BURSTY, DIURNAL = range(3)
 PARETO, LOGNORMAL, BIMODAL, UNIFORM = range(4)
@@ -73,6 +89,13 @@ class Workload:
     balance_interval: np.ndarray  # (n,) seconds between the kernel model's periodic balancing ticks
     util_window: np.ndarray  # (n,) time constant of util / placed averages, time units
     tasks: np.ndarray  # (n,) int, tasks per episode
+    neighbour: np.ndarray  # (n,) int code into NEIGHBOURS
+    commands: np.ndarray  # (n,) number of command names, 0..MAX_COMMANDS (0: one anonymous stream)
+    command_spread: np.ndarray  # (n,) sigma of the log of a command's size scale
+    cmd_scale: np.ndarray  # (n, MAX_COMMANDS) each command's size scale, mean 1 over the commands
+    review_m0: np.ndarray  # (n,) seconds of attained CPU at the first review
+    max_reviews: np.ndarray  # (n,) reviews per task at most (0: arrivals only)
+    bg_weight: np.ndarray  # (n,) weight of the BACKGROUND group on a CPU (NORMAL tasks: 1024)
 
     @property
     def rows(self) -> int:
@@ -89,7 +112,8 @@ class Workload:
     def arrival_rate(self) -> np.ndarray:
         """Tasks per second that make the offered load ``load`` of the mean effective capacity."""
         active = np.where(self.bg_always, 1.0, self.bg_prob[:, None])
-        effective = (self.capacity * (1.0 - self.bg_share * active)).sum(axis=1)
+        taken = np.where((self.neighbour == INSIDE)[:, None], 0.5, self.bg_share)
+        effective = (self.capacity * (1.0 - taken * active)).sum(axis=1)
         return self.load * effective / self.mean_work
 
 
@@ -134,6 +158,11 @@ PER_ENV_FLOAT_KEYS: tuple[str, ...] = (
     "unknown_prob",
     "balance_interval",
     "util_window",
+    "commands",
+    "command_spread",
+    "review_m0",
+    "max_reviews",
+    "bg_weight",
 )
 """Scalar-per-environment parameters: each a Fixed number or a Range."""
 
@@ -161,6 +190,12 @@ DEFAULTS: dict[str, Spec] = {
     "balance_interval": Fixed(0.004),
     "util_window": Fixed(4.0),
     "tasks": Fixed(256),
+    "neighbour": Fixed("outside"),
+    "commands": Fixed(0),
+    "command_spread": Fixed(1.0),
+    "review_m0": Fixed(0.010),
+    "max_reviews": Fixed(0),
+    "bg_weight": Fixed(2.0),
 }
 """Every parameter a host scenario may set, with its default (the names scenario files use)."""
 
@@ -178,6 +213,7 @@ SHIFTABLE: frozenset[str] = frozenset(
         "bimodal_ratio",
         "bimodal_prob",
         "uniform_spread",
+        "command_spread",
     }
 )
 """What a mid-trial shift may change besides slowing CPUs (the time unit and CPU count stay)."""
@@ -225,6 +261,8 @@ class WorkloadSpace:
         else:
             capacity = np.where(present, _draw(self.spec("capacity"), rng, (n, width)), 0.0)
         values = {k: _draw(self.spec(k), rng, n).astype(np.float64) for k in PER_ENV_FLOAT_KEYS}
+        values["commands"] = np.floor(values["commands"])
+        values["max_reviews"] = np.floor(values["max_reviews"])
         return Workload(
             cpus=cpus,
             capacity=capacity,
@@ -233,8 +271,18 @@ class WorkloadSpace:
             arrival=_draw_choice(self.spec("arrival"), ARRIVALS, rng, n),
             size=_draw_choice(self.spec("size"), SIZES, rng, n),
             tasks=_draw(self.spec("tasks"), rng, n).astype(np.int64),
+            neighbour=_draw_choice(self.spec("neighbour"), NEIGHBOURS, rng, n),
+            cmd_scale=command_scales(values["commands"], values["command_spread"], rng.standard_normal((n, MAX_COMMANDS))),
             **values,
         )
+
+
+def command_scales(commands: np.ndarray, spread: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Each command's size scale, log-normal with sigma ``spread`` and mean exactly 1 over the
+    ``commands`` in use, so the workload's mean work stays ``mean_work`` (the time unit)."""
+    used = np.arange(MAX_COMMANDS)[None, :] < np.maximum(commands, 1)[:, None]
+    raw = np.where(used, np.exp(spread[:, None] * z), 0.0)
+    return raw * used.sum(axis=1, keepdims=True) / raw.sum(axis=1, keepdims=True)
 
 
 def _draw(spec: Spec, rng: np.random.Generator, shape) -> np.ndarray:
@@ -278,24 +326,55 @@ class StepDraws:
     size_z: np.ndarray  # (B,)
     pred_z: np.ndarray  # (B,)
     unknown_u: np.ndarray  # (B,)
+    cmd_u: np.ndarray  # (B,) standard uniform, the task's command
     bg_u: np.ndarray  # (B, C) whether a CPU's neighbour is re-drawn
     bg_v: np.ndarray  # (B, C) its new state
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, batch: int, width: int) -> StepDraws:
+    def for_tasks(cls, seed: int, rows: np.ndarray, episode: np.ndarray, task: np.ndarray, width: int) -> StepDraws:
+        """The draws of task ``task`` of episode ``episode`` of env ``rows``: a pure function of
+        those numbers and the seed, so the workload a policy sees never depends on its actions
+        (reviews make the number of decisions before an arrival depend on them)."""
+        u = hashed_uniforms(seed, rows, episode, task, 8 + 2 * width)
         return cls(
-            expo=rng.standard_exponential(batch),
-            burst=rng.random(batch),
-            size_u=rng.random(batch),
-            size_z=rng.standard_normal(batch),
-            pred_z=rng.standard_normal(batch),
-            unknown_u=rng.random(batch),
-            bg_u=rng.random((batch, width)),
-            bg_v=rng.random((batch, width)),
+            expo=-np.log(u[:, 0]),
+            burst=u[:, 1],
+            size_u=u[:, 2],
+            size_z=_box_muller(u[:, 3], u[:, 4]),
+            pred_z=_box_muller(u[:, 5], u[:, 4]),
+            unknown_u=u[:, 6],
+            cmd_u=u[:, 7],
+            bg_u=u[:, 8 : 8 + width],
+            bg_v=u[:, 8 + width :],
         )
 
     def take(self, rows: np.ndarray) -> StepDraws:
         return StepDraws(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+
+_MIX = np.array([0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xD6E8FEB86659FD93,
+                 0xCA5A826395121157], dtype=np.uint64)
+
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    x = (x ^ (x >> np.uint64(30))) * _MIX[1]
+    x = (x ^ (x >> np.uint64(27))) * _MIX[2]
+    return x ^ (x >> np.uint64(31))
+
+
+def hashed_uniforms(seed: int, rows: np.ndarray, episode: np.ndarray, task: np.ndarray, n: int) -> np.ndarray:
+    """(len(rows), n) uniforms in (0, 1), a counter-based stream (splitmix64 of the key)."""
+    with np.errstate(over="ignore"):
+        key = np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _MIX[0]
+        key = _splitmix(key ^ np.asarray(rows, dtype=np.uint64) * _MIX[3])
+        key = _splitmix(key ^ np.asarray(episode, dtype=np.uint64) * _MIX[4])
+        key = _splitmix(key ^ np.asarray(task, dtype=np.uint64) * _MIX[0])
+        x = _splitmix(key[:, None] ^ (np.arange(1, n + 1, dtype=np.uint64)[None, :] * _MIX[3]))
+    return ((x >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
+
+
+def _box_muller(u1: np.ndarray, u2: np.ndarray) -> np.ndarray:
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
 
 
 def next_gap(w: Workload, now: np.ndarray, d: StepDraws) -> np.ndarray:
@@ -362,13 +441,21 @@ def task_work(w: Workload, d: StepDraws) -> np.ndarray:
     unit_size = np.select(
         [w.size == PARETO, w.size == LOGNORMAL, w.size == BIMODAL], [pareto, lognormal, bimodal], uniform
     )
-    return unit_size * w.mean_work
+    return unit_size * command_scale(w, d) * w.mean_work
+
+
+def command_scale(w: Workload, d: StepDraws) -> np.ndarray:
+    """The size scale of each task's command (1 with no commands)."""
+    cmd = np.minimum((d.cmd_u * np.maximum(w.commands, 1)).astype(np.int64), MAX_COMMANDS - 1)
+    return np.where(w.commands >= 1, w.cmd_scale[np.arange(cmd.size), cmd], 1.0)
 
 
 def predicted_work(w: Workload, work: np.ndarray, d: StepDraws) -> tuple[np.ndarray, np.ndarray]:
-    """The host predictor: the true work with log-normal error, or the prior (mean work) if unknown."""
+    """The host predictor: the command's mean (or, with no commands, the true work) with log-normal
+    error, or the prior (mean work) when no history predicts the task."""
     s = w.predict_noise
-    noisy = work * np.exp(s * d.pred_z - 0.5 * s * s)
+    known = np.where(w.commands >= 1, command_scale(w, d) * w.mean_work, work)
+    noisy = known * np.exp(s * d.pred_z - 0.5 * s * s)
     unknown = d.unknown_u < w.unknown_prob
     return np.where(unknown, w.mean_work, noisy), unknown
 
@@ -387,6 +474,10 @@ class Shift:
         for key, spec in self.overrides.items():
             if key == "arrival":
                 out.arrival[:] = _draw_choice(spec, ARRIVALS, rng, out.rows)
+            elif key == "command_spread":
+                out.command_spread[:] = _draw(spec, rng, out.rows)
+                out.cmd_scale[:] = command_scales(out.commands, out.command_spread,
+                                                  rng.standard_normal((out.rows, MAX_COMMANDS)))
             elif key == "size":
                 out.size[:] = _draw_choice(spec, SIZES, rng, out.rows)
             else:
