@@ -210,6 +210,10 @@ def _group_by(cpus: Sequence[Cpu], key) -> list[list[Cpu]]:
 # Observation
 
 
+_ABSENT = np.zeros(0)
+"""Marks a version-2 field a caller left out (filled with its neutral value at construction)."""
+
+
 @dataclass
 class RawObservation:
     """Unscaled quantities for a batch of B decisions, in the units described in the module doc.
@@ -233,16 +237,16 @@ class RawObservation:
     """Whether ``KERNEL`` is a valid action (park has no kernel balancer to defer to)."""
     share_allowed: np.ndarray | bool = False
     """Whether ``BACKGROUND`` is a valid class (the dynamics or host can apply a share)."""
-    review: np.ndarray | None = None
-    """(B,) bool: the decision is a REVIEW of a running task (None: every row is an ARRIVAL)."""
-    attained: np.ndarray | None = None
+    review: np.ndarray = field(default_factory=lambda: _ABSENT)
+    """(B,) bool: the decision is a REVIEW of a running task (left out: every row is an ARRIVAL)."""
+    attained: np.ndarray = field(default_factory=lambda: _ABSENT)
     """(B,) CPU time the task under decision has received (0 on arrival)."""
-    current_slot: np.ndarray | None = None
+    current_slot: np.ndarray = field(default_factory=lambda: _ABSENT)
     """(B,) int, the slot the reviewed task runs on, -1 on arrival."""
-    background_now: np.ndarray | None = None
+    background_now: np.ndarray = field(default_factory=lambda: _ABSENT)
     """(B,) bool, the reviewed task is BACKGROUND now."""
-    runnable_bg: np.ndarray | None = None
-    """(B, MAX_SLOTS) runnable BACKGROUND tasks per slot (None: none)."""
+    runnable_bg: np.ndarray = field(default_factory=lambda: _ABSENT)
+    """(B, MAX_SLOTS) runnable BACKGROUND tasks per slot (left out: none)."""
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     """Dynamics-specific data that must not reach the policy (e.g. Park's raw observation)."""
 
@@ -250,16 +254,16 @@ class RawObservation:
         """Dynamics without reviews or share control (Park, the daemon before it applies shares)
         leave the version-2 fields out; they read as arrivals of NORMAL tasks with nothing attained."""
         b = self.batch
-        if self.review is None:
-            self.review = np.zeros(b, dtype=bool)
-        if self.attained is None:
-            self.attained = np.zeros(b)
-        if self.current_slot is None:
-            self.current_slot = np.full(b, -1, dtype=np.int64)
-        if self.background_now is None:
-            self.background_now = np.zeros(b, dtype=bool)
-        if self.runnable_bg is None:
-            self.runnable_bg = np.zeros_like(self.runnable, dtype=np.float64)
+        defaults = {
+            "review": lambda: np.zeros(b, dtype=bool),
+            "attained": lambda: np.zeros(b),
+            "current_slot": lambda: np.full(b, -1, dtype=np.int64),
+            "background_now": lambda: np.zeros(b, dtype=bool),
+            "runnable_bg": lambda: np.zeros(np.shape(self.runnable)),
+        }
+        for name, make in defaults.items():
+            if getattr(self, name) is _ABSENT:
+                setattr(self, name, make())
 
     @property
     def batch(self) -> int:

@@ -127,7 +127,7 @@ def test_world_model_loss_falls_on_a_fixed_batch():
     agent = DreamerAgent(DreamerConfig(**{**SMALL.to_dict(), "model_lr": 3e-3}))
     batch = random_batch(agent.cfg)
     first = agent.update(batch)["model_loss"]
-    for _ in range(25):
+    for _ in range(50):  # contract v2's 151 inputs: the reconstruction term starts larger, falls as surely
         last = agent.update(batch)["model_loss"]
     assert last < 0.8 * first
 

@@ -19,7 +19,7 @@ import pytest
 from lbagent import hostinfo
 from lbagent.bench import fidelity, taskgen
 from lbagent.errors import UserError
-from lbagent.eval.fidelity import WORKLOADS, Workload, simulate
+from lbagent.eval.fidelity import OUTSIDE_HOG_SHARE, WORKLOADS, Workload, simulate
 from lbagent.live import share
 
 TINY = Workload("tiny", 0.5, seed=3)
@@ -37,15 +37,25 @@ def test_batch_schedule_is_seeded_at_the_asked_load_with_a_size_scale_per_comman
     assert math.isclose(taskgen.capped_pareto_mean(1.0, 1.5, 1e12), 3.0, rel_tol=1e-5)
 
 
-def test_simulate_replays_the_kernel_in_seconds_and_refuses_what_v1_cannot_model():
+def test_simulate_replays_every_policy_and_hog_by_hand_computed_cases():
     tasks = [taskgen.Task(0.0, 0.05), taskgen.Task(0.0, 0.01)]
     assert np.allclose(simulate(tasks, "kernel", TINY, capacities=(1.0,)), [0.06, 0.02])  # processor sharing
     assert np.allclose(simulate(tasks, "kernel", TINY, capacities=(1.0, 1.0)), [0.05, 0.01])
-    for spec in ("las:30ms", "oracle"):
-        with pytest.raises(UserError, match="v2 host dynamics"):
-            simulate(tasks, spec, TINY, capacities=(1.0,))
-    with pytest.raises(UserError, match="group model"):
-        simulate(tasks, "kernel", WORKLOADS[2], capacities=(1.0,))
+    assert np.allclose(simulate(tasks, "oracle", TINY, capacities=(1.0,)), [0.06, 0.02])  # nothing over 100 ms
+    # Two 100 ms tasks reach 20 ms + the lag at 2 * that; a 10 ms task arriving after it runs at
+    # normal weight beside the background group (weight 2 whatever its size): 1024 / 1026 of the CPU.
+    batch = [taskgen.Task(0.0, 0.1), taskgen.Task(0.0, 0.1), taskgen.Task(0.07, 0.01)]
+    assert simulate(batch, "kernel", TINY, capacities=(1.0,))[2] == pytest.approx(0.03)
+    assert simulate(batch, "las:20ms", TINY, capacities=(1.0,))[2] == pytest.approx(0.01 * 1026 / 1024)
+    big = [taskgen.Task(0.0, 0.2), taskgen.Task(0.0, 0.01)]
+    assert simulate(big, "oracle", TINY, capacities=(1.0,))[1] == pytest.approx(0.01 * 1026 / 1024)
+    same = Workload("one-hog-same", 0.5, "same", seed=1)
+    alone = simulate([taskgen.Task(0.0, 0.05)], "kernel", same, capacities=(1.0,))
+    assert alone[0] == pytest.approx(0.10)  # the in-group hog takes half of the one CPU
+    other = Workload("one-hog-other", 0.5, "other", seed=1)
+    outside = simulate([taskgen.Task(0.0, 0.05)], "kernel", other, capacities=(1.0,))
+    assert outside[0] == pytest.approx(0.05 / (1 - OUTSIDE_HOG_SHARE))
+    assert simulate([taskgen.Task(0.0, 0.05)], "kernel", other, capacities=(1.0, 1.0))[0] == pytest.approx(0.05)  # a free CPU
 
 
 def test_policy_specs():
@@ -126,8 +136,8 @@ def test_a_tiny_run_writes_the_json_schema_with_ratio_one_for_the_kernel(tmp_pat
         assert math.isfinite(row["real_ratio"]) and row["spread"] is None  # one repeat: no spread
     assert rows["kernel"]["real_ratio"] == 1.0 and rows["kernel"]["sim_ratio"] == 1.0
     assert rows["kernel"]["sim_mean"] > 0.01
-    assert rows["oracle"]["sim_ratio"] is None and rows["las:30ms"]["sim_mean"] is None  # n/a until v2
-    assert "n/a" in r.stdout and "share mechanism: cgroup v1 cpu controller" in r.stderr
+    assert all(math.isfinite(row["sim_ratio"]) and row["sim_mean"] > 0.01 for row in doc["runs"])
+    assert "share mechanism: cgroup v1 cpu controller" in r.stderr
     assert "demoted" in r.stderr  # the las monitor moved tasks
     assert _leftovers() == []
 

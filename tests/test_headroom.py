@@ -72,3 +72,15 @@ def test_on_one_cpu_every_rule_is_the_kernel():
 def test_headroom_refuses_park_with_a_clear_error():
     result = CliRunner().invoke(main, ["experiment", "headroom", "--suite", "park", "--episodes", "1"])
     assert result.exit_code == 2 and "need host dynamics" in result.output
+
+
+def test_share_rules_and_the_gap_to_the_oracle_are_reported():
+    """On a heavy tail with reviews: every las threshold, sized and oracle run beside the baselines,
+    the oracle beats the kernel, and the notes put figures on the gap."""
+    suite = _suite(2, load=0.9, size="pareto", mean_work=0.05, max_reviews=8, tasks=120)
+    report = headroom(suite, episodes=2, seed=3)
+    figures = {r.policy: r.mean_jct for r in report.results}
+    assert {"las:10ms", "las:320ms", "sized:40ms", "oracle:100ms", "las", "sized"} <= set(figures)
+    assert min(v for k, v in figures.items() if k.startswith("oracle")) < 0.9 * figures["kernel"]
+    assert len(report.notes) == 2 and "x the kernel" in report.notes[0] and "% worse than the oracle" in report.notes[1]
+    assert report.to_json()["notes"] == report.notes

@@ -62,6 +62,8 @@ def show_report(report, json_path: str | None, plot_path: str | None = None, tit
     from lbagent.eval import evaluate
 
     Console().print(evaluate.render_table(report, title))
+    for note in report.notes:
+        Console().print(note)
     for r in report.results:
         if r.note:
             Console(stderr=True).print(f"{r.policy}: {r.note}")

@@ -115,12 +115,13 @@ def experiment_adaptation(policies: str, suite: str, trials: int, seed: int, jso
 @click.option("--hints", is_flag=True, help="Slot actions start the task there but leave it movable (not the contract's pin).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the results as JSON.")
 def experiment_headroom(suite: str, episodes: int, seed: int, hints: bool, json_path: str | None) -> None:
-    """Informed and oracle placement rules next to every heuristic: how far below the best heuristic
-    can any placement go on this suite?
+    """Informed and oracle placement rules, las and sized at several thresholds and the share
+    oracle, next to every baseline: how far below the best baseline can any rule go on this suite,
+    and how far is the best fixed share rule from the oracle?
 
     \b
     Example:
-      lbagent experiment headroom --suite shift --episodes 8 --seed 1000
+      lbagent experiment headroom --suite batch --episodes 8 --seed 1000 --json headroom-batch.json
     """
     from lbagent.eval.headroom import headroom
     from lbagent.sim.scenarios import load_suite

@@ -45,6 +45,8 @@ class EvalReport:
     episodes: int
     seed: int
     results: list[PolicyResult]
+    notes: list[str] = field(default_factory=list)
+    """Conclusions drawn from the table (the headroom experiment's gap between rules)."""
 
     def to_json(self) -> dict:
         return {
@@ -52,6 +54,7 @@ class EvalReport:
             "episodes": self.episodes,
             "seed": self.seed,
             "results": [asdict(r) for r in self.results],
+            "notes": self.notes,
         }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -65,7 +65,7 @@ def simulate(schedule: Sequence[Task], policy: str, workload: Workload,
     tasks over the bench's 100 ms into BACKGROUND at arrival. A hog sits on the first CPU: ``same``
     as a NORMAL-weight task of the workload's group, ``other`` as a neighbour outside it.
     """
-    from lbagent.bench.fidelity import ORACLE_OVER, parse_policy
+    from lbagent.bench.fidelity import parse_policy
     from lbagent.sim.host import HostVectorEnv
     from lbagent.spaces import BACKGROUND, KERNEL, NORMAL, compose_action
 
@@ -76,10 +76,14 @@ def simulate(schedule: Sequence[Task], policy: str, workload: Workload,
     rule = parse_policy(policy)
     arrival = np.array([t.at for t in schedule])
     work = np.array([t.work for t in schedule])
-    hog = {"none": {}, "same": {"neighbour": "inside"},
-           "other": {"neighbour": "outside", "background": OUTSIDE_HOG_SHARE}}[workload.hog]
-    reviews = {"review_m0": rule.demote_after + DEMOTION_LAG, "max_reviews": 1} if rule.demote_after else {}
-    env = HostVectorEnv.from_trace(arrival, work, capacities, hog_cpus=1 if hog else 0, **hog, **reviews)
+    options: dict[str, Any] = {"hog_cpus": 0 if workload.hog == "none" else 1}
+    if workload.hog == "same":
+        options["neighbour"] = "inside"
+    elif workload.hog == "other":
+        options.update(neighbour="outside", background=OUTSIDE_HOG_SHARE)
+    if rule.demote_after:
+        options.update(review_m0=rule.demote_after + DEMOTION_LAG, max_reviews=1)
+    env = HostVectorEnv.from_trace(arrival, work, capacities, **options)
     _, info = env.reset(seed=workload.seed)
     while True:
         raw = info["raw"]

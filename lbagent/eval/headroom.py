@@ -1,6 +1,6 @@
-"""``lbagent experiment headroom``: how much better than the best heuristic can placement get at all?
+"""``lbagent experiment headroom``: how much better than the best heuristic can placement or share get at all?
 
-A target such as "0.95x the best heuristic" is only meaningful if some placement rule reaches it.
+A target such as "0.95x the best heuristic" is only meaningful if some rule reaches it.
 This runs informed rules on a suite's held-out episodes, next to every heuristic, under the same
 protocol as ``lbagent eval``. Two of them are oracles that read the simulator's exact state (true
 task sizes, each running task's exact remaining work, capacity net of the neighbour), which no
@@ -13,6 +13,11 @@ The rules follow textbook size-aware dispatching: the marginal cost of a job und
 sharing (its own time plus the slowdown it causes each co-runner, min(x, r_i) for remaining work
 r_i), least-work for big jobs only, and SITA (size-interval task assignment, big jobs isolated on
 the slowest CPUs; Harchol-Balter, "Performance Modeling and Design of Computer Systems", 2013).
+
+Share (contract v2): ``las`` at every review milestone from 10 ms to 320 ms, ``sized`` at two
+thresholds and the ``oracle`` (true remaining work) at four. The report's notes say how far the
+best *fixed* rule (any las or sized threshold, chosen in hindsight on these very episodes) is from
+the best oracle: the gap a policy that adapts its threshold to the workload can win.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from lbagent.eval.evaluate import EvalReport, add_ratios, evaluate_policy, run_suite, summarize
-from lbagent.policy.heuristics import HEURISTICS, argmin_valid, earliest_finish, safe_capacity
+from lbagent.eval.evaluate import EvalReport, PolicyResult, add_ratios, evaluate_policy, run_suite, summarize
+from lbagent.policy.heuristics import BASELINES, argmin_valid, earliest_finish, safe_capacity
 from lbagent.spaces import KERNEL, RawObservation
 
 BIG = 2.0
@@ -33,6 +38,10 @@ log-normal size with sigma 1, which carry about 40 % of the work)."""
 SITA_BIG = 3.0
 SITA_CPUS = 2
 """SITA's big-task pool: the slowest CPUs, this many."""
+LAS_THRESHOLDS = ("10ms", "20ms", "40ms", "80ms", "160ms", "320ms")
+"""The review milestones of m0 = 10 ms: a las threshold between two of them acts at the next one."""
+SIZED_THRESHOLDS = ("40ms", "160ms")
+ORACLE_THRESHOLDS = ("25ms", "50ms", "100ms", "200ms")
 
 
 def _kernel_slot(raw: RawObservation) -> np.ndarray:
@@ -103,7 +112,8 @@ class Rule:
         pass
 
     def act(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
-        return self.choose(raw).astype(np.int64)
+        """Placement rules answer arrivals; a review keeps its task where it is, NORMAL."""
+        return np.where(raw.review, KERNEL, self.choose(raw)).astype(np.int64)
 
 
 RULES: tuple[Rule, ...] = (
@@ -116,13 +126,41 @@ RULES: tuple[Rule, ...] = (
 """Names stay short for the table; the functions' docstrings and the constants above say what each does."""
 
 
+def share_specs() -> list[str]:
+    """The share rules the experiment runs besides the baselines' defaults."""
+    return ([f"las:{t}" for t in LAS_THRESHOLDS] + [f"sized:{t}" for t in SIZED_THRESHOLDS]
+            + [f"oracle:{t}" for t in ORACLE_THRESHOLDS])
+
+
 def headroom(suite, episodes: int, seed: int, hints: bool = False) -> EvalReport:
-    """Every rule and every heuristic on the same episodes; ratios to the best heuristic (whose
+    """Every rule and every baseline on the same episodes; ratios to the best baseline (whose
     slot actions are always pins, as the contract defines them)."""
-    reference = [evaluate_policy(name, suite, episodes, seed) for name in HEURISTICS]
+    reference = [evaluate_policy(name, suite, episodes, seed) for name in BASELINES]
     options = {"pin_placements": not hints, "exact_state": True}
     rules = [summarize(rule.name + (" [hint]" if hints else ""),
                        run_suite(rule, suite, episodes, seed, host_options=options)) for rule in RULES]
-    results = rules + reference
+    shares = [evaluate_policy(spec, suite, episodes, seed) for spec in share_specs()]
+    results = rules + shares + reference
     add_ratios(results, reference)
-    return EvalReport(suite.name, episodes, seed, results)
+    return EvalReport(suite.name, episodes, seed, results, notes=share_gap(results))
+
+
+def share_gap(results: list[PolicyResult]) -> list[str]:
+    """How far the kernel, the best fixed share rule and the oracle are apart (empty without figures)."""
+    def best(prefixes: tuple[str, ...]) -> PolicyResult | None:
+        found = [r for r in results if r.mean_jct is not None and r.policy.split(":")[0] in prefixes]
+        return min(found, key=lambda r: r.mean_jct or 0.0, default=None)
+
+    kernel = next((r for r in results if r.policy == "kernel" and r.mean_jct), None)
+    fixed, oracle = best(("las", "sized")), best(("oracle",))
+    if kernel is None or fixed is None or oracle is None:
+        return []
+    assert kernel.mean_jct and fixed.mean_jct and oracle.mean_jct
+    gap = fixed.mean_jct / oracle.mean_jct - 1.0
+    verdict = ("a policy that adapts its threshold has room to win" if gap >= 0.05 else
+               "under 5 %: a fixed threshold is nearly as good as knowing sizes, little left to learn")
+    return [
+        f"oracle ({oracle.policy}) {oracle.mean_jct / kernel.mean_jct:.3f}x the kernel; "
+        f"best fixed rule ({fixed.policy}) {fixed.mean_jct / kernel.mean_jct:.3f}x the kernel",
+        f"the best fixed rule is {100 * gap:.1f} % worse than the oracle: {verdict}",
+    ]
