@@ -19,7 +19,7 @@ import pytest
 from lbagent import hostinfo
 from lbagent.bench import fidelity, taskgen
 from lbagent.errors import UserError
-from lbagent.eval.fidelity import OUTSIDE_HOG_SHARE, WORKLOADS, Workload, simulate
+from lbagent.eval.fidelity import OUTSIDE_HOG_SHARE, Workload, simulate
 from lbagent.live import share
 
 TINY = Workload("tiny", 0.5, seed=3)

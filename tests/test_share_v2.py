@@ -216,3 +216,40 @@ def test_share_heuristics_order_on_a_heavy_tail():
         means[name] = np.mean(jct)
     assert means["oracle"] < 0.85 * means["kernel"]
     assert means["oracle"] < means["las:30ms"] < 0.95 * means["kernel"]
+
+
+def test_threshold_specs_parse_and_refuse_in_one_line():
+    from lbagent.policy.specs import BadPolicySpec, is_heuristic, parse_threshold
+
+    assert parse_threshold("30ms", "las:30ms") == pytest.approx(0.030)
+    assert parse_threshold("0.1s", "x") == pytest.approx(0.1) and parse_threshold("2000us", "x") == pytest.approx(0.002)
+    assert parse_threshold("0.5", "x") == 0.5
+    for bad in ("abc", "0ms", "-3ms", "nanms", "1e9s"):
+        with pytest.raises(BadPolicySpec, match="threshold"):
+            parse_threshold(bad, f"las:{bad}")
+    assert is_heuristic("las:30ms") and is_heuristic("oracle") and is_heuristic("sed") and not is_heuristic("default")
+    assert make_heuristic("las:80ms").metadata["threshold_s"] == pytest.approx(0.08)
+
+
+def test_every_share_heuristic_end_to_end_through_lbagent_eval(tmp_path):
+    """The batch problem in miniature, through the command line: every v2 heuristic runs, figures are
+    finite, the oracle is best, and a bad threshold is one line with exit code 2."""
+    import json
+
+    from click.testing import CliRunner
+
+    from lbagent.cli import main
+
+    suite = tmp_path / "mini.toml"
+    suite.write_text('[suite]\nname = "mini"\nepisodes_per_trial = 3\n\n[[scenario]]\nname = "tail"\n'
+                     'dynamics = "host"\ncpus = 2\ntasks = 80\nload = 0.9\nsize = "pareto"\nmean_work = 0.05\n'
+                     'commands = 3\nmax_reviews = 8\n')
+    out = tmp_path / "r.json"
+    specs = "las:30ms,sized:40ms,oracle,kernel"
+    r = CliRunner().invoke(main, ["eval", "--suite", str(suite), "--policies", specs, "--episodes", "3", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    figures = {row["policy"]: row["mean_jct"] for row in json.loads(out.read_text())["results"]}
+    assert set(specs.split(",")) <= set(figures) and all(np.isfinite(v) for v in figures.values())
+    assert figures["oracle"] == min(figures.values())
+    bad = CliRunner().invoke(main, ["eval", "--suite", str(suite), "--policies", "las:soon", "--episodes", "1"])
+    assert bad.exit_code == 2 and "las:soon" in bad.output and "Traceback" not in bad.output

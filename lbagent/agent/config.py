@@ -17,7 +17,7 @@ class DreamerConfig:
     # ---- world model sizes
     deter: int = 128
     """Size of the RSSM's deterministic (GRU) state h. The paper's S model uses 512; 128 keeps one
-    update near 0.3 s on 2 cores, and the load-balancing observation is small (OBS_DIM = 116)."""
+    update near 0.3 s on 2 cores, and the load-balancing observation is small (OBS_DIM = 151)."""
     stoch: int = 8
     """Number of categorical latent variables in the stochastic state z (paper: 32)."""
     classes: int = 8

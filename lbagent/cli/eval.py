@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from lbagent.cli.common import csv_list, show_report
+from lbagent.policy.specs import SPEC_HELP
 
 
 @click.command("eval")
 @click.option("--suite", required=True, help="A suite name (train, park, shift, heldout, batch) or a scenario .toml file.")
-@click.option("--policies", required=True, help="Comma-separated: heuristic names, shipped policy names or policy files.")
+@click.option("--policies", required=True, help="Comma-separated policy specs. " + SPEC_HELP)
 @click.option("--episodes", default=8, show_default=True, type=click.IntRange(1), help="Episodes per scenario.")
 @click.option("--seed", default=1000, show_default=True, type=int, help="Base seed (keep it away from training seeds).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the results as JSON.")
@@ -28,7 +29,7 @@ def eval_cmd(suite: str, policies: str, episodes: int, seed: int, json_path: str
     from rich.progress import Progress
 
     from lbagent.eval import evaluate
-    from lbagent.policy.heuristics import BASELINES
+    from lbagent.policy.specs import BASELINES
     from lbagent.sim.scenarios import load_suite
 
     specs = csv_list(policies)

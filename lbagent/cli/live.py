@@ -8,6 +8,7 @@ import click
 
 from lbagent.cli.common import PROBE_CHOICE, setup_logging
 from lbagent.errors import UserError
+from lbagent.policy.specs import SPEC_HELP
 
 
 def _open_probe(kind: str, scope=None):
@@ -131,7 +132,7 @@ def record(output, duration, interval, kind, scope_cgroup, scope_comm, scope_uid
 @click.command("run")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default /etc/lbagent/lbagent.toml).")
 @click.option("--dry-run", is_flag=True, help="Decide and log every decision, change nothing.")
-@click.option("--policy", help="Override the config's policy: a heuristic, a shipped policy name or a file.")
+@click.option("--policy", help="Override the config's policy. " + SPEC_HELP)
 def run_cmd(config_path: str | None, dry_run: bool, policy: str | None) -> None:
     """Run the agent in the foreground (what the systemd unit starts).
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from lbagent.policy import Policy, resolve_policy
-from lbagent.policy.heuristics import BASELINES, UnsupportedPolicy
+from lbagent.policy.heuristics import UnsupportedPolicy
+from lbagent.policy.specs import BASELINES
 from lbagent.sim.base import EpisodeStats
 
 ProgressHook = Callable[[int], None]

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from lbagent.eval.evaluate import EvalReport, PolicyResult, add_ratios, evaluate_policy, run_suite, summarize
-from lbagent.policy.heuristics import BASELINES, argmin_valid, earliest_finish, safe_capacity
+from lbagent.policy.heuristics import argmin_valid, earliest_finish, safe_capacity
+from lbagent.policy.specs import BASELINES
 from lbagent.spaces import KERNEL, RawObservation
 
 BIG = 2.0

@@ -27,7 +27,8 @@ from lbagent.eval.evaluate import (
 )
 from lbagent.eval.trace import Trace
 from lbagent.policy import resolve_policy
-from lbagent.policy.heuristics import BASELINES, UnsupportedPolicy
+from lbagent.policy.heuristics import UnsupportedPolicy
+from lbagent.policy.specs import BASELINES
 from lbagent.sim.host import MAX_TASK_TABLE, TaskTableFull
 
 SCENARIO = "trace"

@@ -7,11 +7,12 @@ B decisions, so the simulator's vector envs, ``lbagent eval`` and the daemon (B 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
+if TYPE_CHECKING:  # the command line imports this package for its help texts, without numpy
+    import numpy as np
 
-from lbagent.spaces import RawObservation
+    from lbagent.spaces import RawObservation
 
 
 class Policy(Protocol):
@@ -40,6 +41,7 @@ def resolve_policy(spec: str, seed: int = 0) -> Policy:
 
     ``seed`` seeds a randomized heuristic; learned policies are seeded by ``begin_trial``."""
     from lbagent.policy.files import load_policy
-    from lbagent.policy.heuristics import is_heuristic, make_heuristic
+    from lbagent.policy.heuristics import make_heuristic
+    from lbagent.policy.specs import is_heuristic
 
     return make_heuristic(spec, seed) if is_heuristic(spec) else load_policy(spec)
