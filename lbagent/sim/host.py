@@ -31,8 +31,9 @@ balances weighted load. At wake-up the task goes to the CPU with the lowest load
 capacity then the lower index. On every periodic tick (``balance_interval`` s, 4 ms by default) the
 balancer moves one unpinned task (the most recently arrived, the most cache-cold) from the most
 loaded CPU that has one to the least loaded CPU, if the destination's load after taking a NORMAL
-task stays below the source's, or if the destination is idle and the source has two tasks or more
-(an idle CPU pulls by count, as newidle balancing does). Tasks placed on a slot are pinned. A tick
+task stays below the source's, or if the destination is idle, the source has two tasks or more and
+the task gets more capacity to itself there (an idle CPU pulls by count, as newidle balancing does,
+so BACKGROUND tasks, almost weightless, still spread). Tasks placed on a slot are pinned. A tick
 with no such move changes nothing, so only ticks while a move exists are events.
 
 Observation (see :mod:`lbagent.spaces`): one slot per CPU, ``capacity`` the base capacity; ``util`` and
@@ -545,11 +546,14 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         after = load[r, dst] + 1.0 / dst_cap
         src_load = src_key[r, src]
         by_load = np.isfinite(src_load) & (src != dst) & (after < src_load * (1 - TIE_EPS))
-        # An idle CPU pulls from the CPU with the most tasks, whatever their weights.
+        # An idle CPU pulls from the CPU with the most tasks per capacity, whatever their weights,
+        # when the task would have more capacity to itself there than it shares now.
         idle = (count == 0) & (cap > 0)
-        pull_src = np.argmax(np.where(movable_src, count, -1), axis=1)
+        per_cap = count / np.where(cap > 0, cap, 1.0)
+        pull_src = np.argmax(np.where(movable_src, per_cap, -1.0), axis=1)
         idle_dst = np.argmax(np.where(idle, cap, -1.0), axis=1)
-        by_count = idle.any(axis=1) & (count[r, pull_src] >= 2) & movable_src[r, pull_src]
+        by_count = (idle.any(axis=1) & (count[r, pull_src] >= 2) & movable_src[r, pull_src]
+                    & (1.0 / np.maximum(cap[r, idle_dst], 1e-12) < per_cap[r, pull_src] * (1 - TIE_EPS)))
         self.bal_ok[rows] = by_load | by_count
         self.bal_src[rows] = np.where(by_load, src, pull_src)
         self.bal_dst[rows] = np.where(by_load, dst, idle_dst)
