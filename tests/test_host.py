@@ -90,9 +90,10 @@ SHORT = 40
 
 
 def one_short_train_episode(seed: int, num_envs: int = 16) -> tuple[HostVectorEnv, dict]:
-    """The training distribution with SHORT-task episodes and random actions (KERNEL included),
-    stepped until every env has finished its first episode (they all end at the same step)."""
-    space = load_suite("train").scenarios[0].space.with_overrides({"tasks": Fixed(SHORT)})
+    """The training distribution with SHORT-task episodes and random actions (KERNEL and BACKGROUND
+    included), stepped until every env has finished its first episode (without reviews they all end at
+    the same step; tests/test_share_v2.py checks the same invariants with reviews)."""
+    space = load_suite("train").scenarios[0].space.with_overrides({"tasks": Fixed(SHORT), "max_reviews": Fixed(0)})
     env = HostVectorEnv(num_envs, seed=seed, space=space, episodes_per_trial=2)
     _, info = env.reset(seed=seed)
     rng = np.random.default_rng(seed)
@@ -185,11 +186,13 @@ def test_trial_and_episode_flags():
 
 
 def test_same_seed_same_workload_whatever_the_policy():
-    """Arrivals and sizes do not depend on actions: policies are compared on the same tasks."""
+    """Arrivals and sizes do not depend on actions: policies are compared on the same tasks (step by
+    step here, without reviews; with them, tests/test_share_v2.py compares arrival by arrival)."""
     scenario = load_suite("train").scenarios[0]
+    space = scenario.space.with_overrides({"max_reviews": Fixed(0)})
     seen = []
     for policy in (lambda m: np.full(m.shape[0], spaces.KERNEL), lambda m: np.zeros(m.shape[0], dtype=int)):
-        env = make_vector_env(scenario, 8, 3)
+        env = HostVectorEnv(8, seed=3, space=space, episodes_per_trial=scenario.episodes_per_trial)
         _, info = env.reset(seed=3)
         works, times = [], []
         for _ in range(300):

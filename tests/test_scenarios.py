@@ -32,7 +32,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["train", "park", "shift", "heldout"])
+@pytest.mark.parametrize("name", ["train", "park", "shift", "heldout", "batch"])
 def test_each_shipped_suite_loads_and_runs(name):
     suite = load_suite(name)
     assert suite.name == name and suite.scenarios and suite.episodes_per_trial >= 1
@@ -65,9 +65,10 @@ def test_train_draws_a_new_workload_at_each_trial_start(tmp_path):
 
 
 def write_train_short(tmp_path: Path) -> Path:
-    """The shipped training suite with 4-task episodes and 2-episode trials (same ranges)."""
+    """The shipped training suite with 4-task episodes, 2-episode trials and no reviews (same ranges)."""
     text = Path(load_suite("train").source).read_text()
     text = text.replace("tasks = 256", "tasks = 4").replace("episodes_per_trial = 4", "episodes_per_trial = 2")
+    text = text.replace("max_reviews = 6", "max_reviews = 0")  # one decision per task: steps count tasks
     return write(tmp_path, text)
 
 
@@ -86,15 +87,15 @@ def test_shift_changes_the_workload_at_its_episode():
     suite = load_suite("shift")
     surge = next(s for s in suite.scenarios if s.name == "load-surge")
     slowdown = next(s for s in suite.scenarios if s.name == "cpu-slowdown")
-    for scenario, changed in ((surge, lambda w: w.load), (slowdown, lambda w: w.bg_always)):
-        env = make_vector_env(scenario, 2, 0)
-        env.reset(seed=0)
-        tasks = int(env.w.tasks[0])
-        seen = []
-        for _ in range(suite.episodes_per_trial * tasks):
-            seen.append(np.array(changed(env.w)).copy())
-            env.step(np.full(2, spaces.KERNEL))
-        per_episode = [seen[e * tasks] for e in range(suite.episodes_per_trial)]
+    mix = next(s for s in suite.scenarios if s.name == "size-mix")
+    for scenario, changed in ((surge, lambda w: w.load), (slowdown, lambda w: w.bg_always), (mix, lambda w: w.size)):
+        env = make_vector_env(scenario, 1, 0)
+        _, info = env.reset(seed=0)
+        per_episode = []
+        while len(per_episode) < suite.episodes_per_trial:  # reviews make episodes differ in steps
+            if info["episode_start"][0]:
+                per_episode.append(np.array(changed(env.w)).copy())
+            _, _, _, _, info = env.step(np.full(1, spaces.KERNEL))
         at = scenario.shift.at_episode
         assert all(np.array_equal(per_episode[0], p) for p in per_episode[:at])
         assert all(not np.array_equal(per_episode[0], p) for p in per_episode[at:])
@@ -125,7 +126,7 @@ def test_a_path_loads_like_a_name(tmp_path):
 
 
 def test_unknown_suite_name_lists_the_known_ones():
-    with pytest.raises(ScenarioError, match="unknown suite 'nope'.*heldout, park, shift, train"):
+    with pytest.raises(ScenarioError, match="unknown suite 'nope'.*batch, heldout, park, shift, train"):
         load_suite("nope")
 
 

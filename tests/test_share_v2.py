@@ -253,3 +253,14 @@ def test_every_share_heuristic_end_to_end_through_lbagent_eval(tmp_path):
     assert figures["oracle"] == min(figures.values())
     bad = CliRunner().invoke(main, ["eval", "--suite", str(suite), "--policies", "las:soon", "--episodes", "1"])
     assert bad.exit_code == 2 and "las:soon" in bad.output and "Traceback" not in bad.output
+
+
+def test_an_idle_tiny_cpu_does_not_ping_pong_a_task_with_a_big_one():
+    """Found by the trace fuzzer: a task on a 0.0036-capacity CPU moved to a 28.7 one by load, and
+    the idle tiny CPU pulled it back by count, forever. The pull now needs a capacity gain."""
+    caps = (0.0035676884338426565, 3.1899057866071083, 28.665948291947355)
+    arrival = np.array([0.14706304965369288, 8.636400902455758, 9.572101796109635, 9.811950400663443])
+    work = np.array([1.7039630912703201e-07, 388536.84325706813, 22337.43675140353, 2165.7454623692943])
+    env = HostVectorEnv.from_trace(arrival, work, caps, predicted=work)
+    _, stats, _ = run(env, lambda raw: KEEP)
+    assert np.isfinite(stats.jct).all() and stats.jct.size == 4

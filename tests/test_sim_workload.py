@@ -16,7 +16,8 @@ def workload(**values):
 
 
 def draws(seed: int, width: int = 4) -> StepDraws:
-    return StepDraws.draw(np.random.default_rng(seed), ROWS, width)
+    """The per-task stream of ROWS envs: task ``seed`` of episode 0 (a pure function of the key)."""
+    return StepDraws.for_tasks(0, np.arange(ROWS), np.zeros(ROWS, dtype=np.int64), np.full(ROWS, seed), width)
 
 
 @pytest.mark.parametrize("size", SIZES)
