@@ -83,3 +83,20 @@ def test_predictor_is_unbiased_and_sometimes_unknown():
     assert np.all(pred[unknown] == 0.05)
     ratio = pred[~unknown] / work[~unknown]
     assert ratio.mean() == pytest.approx(1.0, abs=0.04) and ratio.std() > 0.3
+
+
+def test_commands_keep_the_mean_and_the_predictor_knows_only_the_command():
+    """Several commands: sizes keep the scenario's mean; the predictor gives each task its command's
+    mean (one value per command), so it tracks sizes across commands but not within one."""
+    w = workload(size="lognormal", mean_work=0.03, lognormal_sigma=0.8, commands=4, command_spread=1.0,
+                 predict_noise=0.0, unknown_prob=0.0)
+    d = draws(1)
+    work = task_work(w, d)
+    pred, unknown = predicted_work(w, work, d)
+    assert not unknown.any()
+    assert np.concatenate([task_work(w, draws(s)) for s in range(10)]).mean() == pytest.approx(0.03, rel=0.05)
+    row_zero = {round(float(predicted_work(w, task_work(w, draws(s)), draws(s))[0][0]), 12) for s in range(60)}
+    assert len(row_zero) == 4  # one env's tasks: four commands, four predictions
+    assert 0.3 < np.corrcoef(np.log(pred), np.log(work))[0, 1] < 0.95
+    np.testing.assert_allclose((w.cmd_scale[:, :4]).mean(axis=1), 1.0)
+    assert (w.cmd_scale[:, 4:] == 0).all()
