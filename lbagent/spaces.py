@@ -302,6 +302,9 @@ _RAW_ARRAY_FIELDS = (
 )
 
 
+_SYMLOG_SLOT_COLUMNS = [SLOT_FEATURES.index(n) for n in ("runnable", "background", "placed", "work_left", "expected_delay")]
+
+
 def encode(raw: RawObservation) -> np.ndarray:
     """The only scaling from raw quantities to the policy's input: (B, OBS_DIM) float32."""
     mask = raw.slot_mask.astype(bool)
@@ -315,20 +318,21 @@ def encode(raw: RawObservation) -> np.ndarray:
     delay = (work_left + task_work) / safe_cap / unit
     current = np.asarray(raw.current_slot)[:, None] == np.arange(MAX_SLOTS)[None, :]
 
-    per_slot = np.stack(
-        [
-            maskf,
-            cap / max_cap,
-            symlog(raw.runnable),
-            symlog(np.asarray(raw.runnable_bg, dtype=np.float64)),
-            np.clip(raw.util, 0.0, 1.0),
-            symlog(raw.placed),
-            symlog(work_left / unit),
-            symlog(delay),
-            current.astype(np.float64),
-        ],
-        axis=-1,
-    ) * maskf[..., None]
+    per_slot = np.empty((raw.batch, MAX_SLOTS, N_SLOT_FEATURES))
+    for i, feature in enumerate((
+        maskf,
+        cap / max_cap,
+        raw.runnable,
+        raw.runnable_bg,
+        np.clip(raw.util, 0.0, 1.0),
+        raw.placed,
+        work_left / unit,
+        delay,
+        current,
+    )):
+        per_slot[..., i] = feature
+    per_slot[..., _SYMLOG_SLOT_COLUMNS] = symlog(per_slot[..., _SYMLOG_SLOT_COLUMNS])
+    per_slot *= maskf[..., None]
     active = np.maximum(maskf.sum(axis=1), 1.0)
     tail = np.stack(
         [

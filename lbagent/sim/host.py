@@ -652,12 +652,13 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
             self.V[ev[review], cpu[review], cls[review]] = self.t_rev[ev[review], j[review]]
             ticked = R[is_tick]
             self._migrate(ticked)
-            self._update_balance(ticked)
             R = np.concatenate([ev[~review], ticked])
+            self._update_balance(R)
         return task_time
 
     def _complete(self, b: np.ndarray, c: np.ndarray, k: np.ndarray) -> None:
-        """The first event of (env b, CPU c, class k), a completion, happens now."""
+        """The first event of (env b, CPU c, class k), a completion, happens now (the caller then
+        refreshes the balancer's cached move)."""
         if b.size == 0:
             return
         j = self.minidx[b, c, k]
@@ -666,7 +667,6 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.nu[b, c] -= ~self.t_pinned[b, j]
         self.ep_exit[b, self.t_id[b, j]] = self.now[b]
         self._refresh_min(b, c, k)
-        self._update_balance(b)
 
     # --------------------------------------------------------------------------------------------
     # observation and episode outcomes
