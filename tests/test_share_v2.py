@@ -264,3 +264,18 @@ def test_an_idle_tiny_cpu_does_not_ping_pong_a_task_with_a_big_one():
     env = HostVectorEnv.from_trace(arrival, work, caps, predicted=work)
     _, stats, _ = run(env, lambda raw: KEEP)
     assert np.isfinite(stats.jct).all() and stats.jct.size == 4
+
+
+def test_an_outside_busy_loop_counts_as_a_whole_task_for_the_kernel_but_takes_only_its_share():
+    """A hog in another group: the balancer sees its full load (1), a duty-cycled neighbour its share;
+    either way the workload loses exactly the share of capacity."""
+    for seen_as, expected in (("share", 0.75), ("task", 1.0)):
+        env = HostVectorEnv.from_trace([0.0], [1.0], (1.0, 1.0), neighbour="outside", background=0.75,
+                                       neighbour_seen_as=seen_as, hog_cpus=1)
+        env.reset(seed=0)
+        load, _ = env._kernel_load(np.array([0]))
+        assert load[0].tolist() == [expected, 0.0]
+        _, stats, _ = run(env, lambda raw: 0)  # pinned beside the hog
+        assert stats.jct[0] == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="seen as"):
+        HostVectorEnv.from_trace([0.0], [1.0], (1.0,), neighbour_seen_as="ghost")

@@ -63,7 +63,9 @@ def simulate(schedule: Sequence[Task], policy: str, workload: Workload,
 
     ``las:T`` becomes one review at T (plus :data:`DEMOTION_LAG`) that demotes; ``oracle`` puts
     tasks over the bench's 100 ms into BACKGROUND at arrival. A hog sits on the first CPU: ``same``
-    as a NORMAL-weight task of the workload's group, ``other`` as a neighbour outside it.
+    as a NORMAL-weight task of the workload's group, ``other`` as a neighbour outside it that takes
+    :data:`OUTSIDE_HOG_SHARE` of its CPU and that the kernel's balancer counts as a whole task (a
+    busy loop's tracked load is full, whatever share its group gets).
     """
     from lbagent.bench.fidelity import parse_policy
     from lbagent.sim.host import HostVectorEnv
@@ -80,7 +82,7 @@ def simulate(schedule: Sequence[Task], policy: str, workload: Workload,
     if workload.hog == "same":
         options["neighbour"] = "inside"
     elif workload.hog == "other":
-        options.update(neighbour="outside", background=OUTSIDE_HOG_SHARE)
+        options.update(neighbour="outside", background=OUTSIDE_HOG_SHARE, neighbour_seen_as="task")
     if rule.demote_after:
         options.update(review_m0=rule.demote_after + DEMOTION_LAG, max_reviews=1)
     env = HostVectorEnv.from_trace(arrival, work, capacities, **options)

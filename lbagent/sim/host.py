@@ -26,8 +26,8 @@ NORMAL-weight hog in the workload's group, which the workload's BACKGROUND tasks
 well. Either is visible to a policy only through ``util``, as on a real host.
 
 The kernel model (slot part ``KERNEL`` on an arrival). Load of a CPU = (normal tasks + inside hog +
-``bg_weight / 1024`` per background task + the outside neighbour's share) / capacity: the kernel
-balances weighted load. At wake-up the task goes to the CPU with the lowest load, ties to the larger
+``bg_weight / 1024`` per background task + the outside neighbour's share, or 1 for a neighbour
+seen as a whole task) / capacity: the kernel balances weighted load. At wake-up the task goes to the CPU with the lowest load, ties to the larger
 capacity then the lower index. On every periodic tick (``balance_interval`` s, 4 ms by default) the
 balancer moves one unpinned task (the most recently arrived, the most cache-cold) from the most
 loaded CPU that has one to the least loaded CPU, if the destination's load after taking a NORMAL
@@ -69,6 +69,7 @@ from lbagent.sim.workload import (
     INSIDE,
     NEIGHBOURS,
     NORMAL_WEIGHT,
+    SEEN_AS,
     Fixed,
     Shift,
     StepDraws,
@@ -183,6 +184,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         util_window: float = 4.0,
         neighbour: str = "outside",
         background: float = 0.0,
+        neighbour_seen_as: str = "share",
         review_m0: float = 0.010,
         max_reviews: int = 0,
         bg_weight: float = 2.0,
@@ -201,8 +203,9 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         times = np.asarray(arrival, float)
         times = times - times[0] if times.size else times
         trace = FixedSchedule(times, np.asarray(work, float), tuple(capacities), predicted)
-        if neighbour not in NEIGHBOURS:
-            raise ValueError(f"neighbour must be one of {NEIGHBOURS}, got {neighbour!r}")
+        if neighbour not in NEIGHBOURS or neighbour_seen_as not in SEEN_AS:
+            raise ValueError(f"neighbour must be one of {NEIGHBOURS} seen as one of {SEEN_AS}, "
+                             f"got {neighbour!r} seen as {neighbour_seen_as!r}")
         hog = neighbour == "inside" or background > 0
         hogs = len(capacities) if hog_cpus is None else hog_cpus
         space = WorkloadSpace(
@@ -214,6 +217,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
                 "balance_interval": Fixed(balance_interval),
                 "util_window": Fixed(util_window),
                 "neighbour": Fixed(neighbour),
+                "neighbour_seen_as": Fixed(neighbour_seen_as),
                 "background": Fixed(background),
                 "bg_prob": Fixed(0.0),
                 "review_m0": Fixed(review_m0),
@@ -304,6 +308,8 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.capeff = np.zeros((B, C))
         self.bg_on = np.zeros((B, C), dtype=bool)
         self.bg = np.zeros((B, C))
+        self.bg_seen = np.zeros((B, C))
+        """The load the kernel's balancer counts for the outside neighbour (its share, or 1)."""
         self.hog = np.zeros((B, C))
         self.util = np.zeros((B, C))
         self.placed = np.zeros((B, C))
@@ -455,6 +461,8 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         self.bg_on[rows] = on
         self.hog[rows] = on & inside
         self.bg[rows] = np.where(on & ~inside, w.bg_share[rows], 0.0)
+        as_task = (w.neighbour_seen_as[rows] == SEEN_AS.index("task"))[:, None]
+        self.bg_seen[rows] = np.where(as_task, self.bg[rows] > 0, self.bg[rows])
         self.capeff[rows] = w.capacity[rows] * (1.0 - self.bg[rows])
 
     # --------------------------------------------------------------------------------------------
@@ -466,7 +474,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         present = cap > 0
         n = self.n[rows]
         weighted = n[..., N] + self.hog[rows] + n[..., B_] * (self.w.bg_weight[rows, None] / NORMAL_WEIGHT)
-        load = np.where(present, (weighted + self.bg[rows]) / np.where(present, cap, 1.0), np.inf)
+        load = np.where(present, (weighted + self.bg_seen[rows]) / np.where(present, cap, 1.0), np.inf)
         return load, cap
 
     def _place(self, rows: np.ndarray, slot: np.ndarray, cls: np.ndarray) -> None:

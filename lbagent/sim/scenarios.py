@@ -40,6 +40,7 @@ from lbagent.sim.workload import (
     DEFAULTS,
     MAX_COMMANDS,
     NEIGHBOURS,
+    SEEN_AS,
     SHIFTABLE,
     SIZES,
     Choice,
@@ -102,7 +103,8 @@ NUMERIC: dict[str, Bound] = {
     "max_reviews": Bound(0, 16, integer=True),
     "bg_weight": Bound(1, 1024),
 }
-FAMILIES: dict[str, tuple[str, ...]] = {"arrival": ARRIVALS, "size": SIZES, "neighbour": NEIGHBOURS}
+FAMILIES: dict[str, tuple[str, ...]] = {"arrival": ARRIVALS, "size": SIZES, "neighbour": NEIGHBOURS,
+                                        "neighbour_seen_as": SEEN_AS}
 assert set(NUMERIC) | set(FAMILIES) == set(DEFAULTS)
 
 

@@ -30,6 +30,8 @@ The families:
   active it takes ``background`` of its CPU whatever the workload's weights (group fairness; a hog
   in another autogroup keeps ~93 % of its CPU whatever its nice). ``inside`` (a task of the
   workload's own group): a NORMAL-weight hog the workload's BACKGROUND tasks also yield to.
+  ``neighbour_seen_as`` (``share`` or ``task``): the load the kernel's balancer counts for an active
+  outside neighbour (see :data:`SEEN_AS`).
 - reviews: a task's attained CPU time crossing ``review_m0 * 2**k`` seconds is a decision, at most
   ``max_reviews`` per task; BACKGROUND tasks share a child group of weight ``bg_weight`` per CPU.
 - sizes have mean ``mean_work``: ``pareto`` (shape > 1), ``lognormal`` (sigma), ``bimodal`` (a
@@ -48,6 +50,10 @@ import numpy as np
 ARRIVALS: tuple[str, ...] = ("poisson", "bursty", "diurnal")
 NEIGHBOURS: tuple[str, ...] = ("outside", "inside")
 OUTSIDE, INSIDE = range(2)
+SEEN_AS: tuple[str, ...] = ("share", "task")
+"""What the kernel's balancer counts for an active outside neighbour: its share (a duty-cycled
+process, whose tracked load is its busy fraction) or a whole task (a busy loop: full load, whatever
+share of the CPU its group actually gets)."""
 MAX_COMMANDS = 8
 NORMAL_WEIGHT = 1024.0
 """CFS's weight of a nice-0 task (and of a cgroup with the default cpu.weight 100 / cpu.shares 1024)."""
@@ -90,6 +96,7 @@ class Workload:
     util_window: np.ndarray  # (n,) time constant of util / placed averages, time units
     tasks: np.ndarray  # (n,) int, tasks per episode
     neighbour: np.ndarray  # (n,) int code into NEIGHBOURS
+    neighbour_seen_as: np.ndarray  # (n,) int code into SEEN_AS
     commands: np.ndarray  # (n,) number of command names, 0..MAX_COMMANDS (0: one anonymous stream)
     command_spread: np.ndarray  # (n,) sigma of the log of a command's size scale
     cmd_scale: np.ndarray  # (n, MAX_COMMANDS) each command's size scale, mean 1 over the commands
@@ -191,6 +198,7 @@ DEFAULTS: dict[str, Spec] = {
     "util_window": Fixed(4.0),
     "tasks": Fixed(256),
     "neighbour": Fixed("outside"),
+    "neighbour_seen_as": Fixed("share"),
     "commands": Fixed(0),
     "command_spread": Fixed(1.0),
     "review_m0": Fixed(0.010),
@@ -272,6 +280,7 @@ class WorkloadSpace:
             size=_draw_choice(self.spec("size"), SIZES, rng, n),
             tasks=_draw(self.spec("tasks"), rng, n).astype(np.int64),
             neighbour=_draw_choice(self.spec("neighbour"), NEIGHBOURS, rng, n),
+            neighbour_seen_as=_draw_choice(self.spec("neighbour_seen_as"), SEEN_AS, rng, n),
             cmd_scale=command_scales(values["commands"], values["command_spread"], rng.standard_normal((n, MAX_COMMANDS))),
             **values,
         )
