@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,17 @@ def test_a_suite_name_is_not_shadowed_by_a_directory_of_that_name(tmp_path, monk
     (tmp_path / "park").mkdir()
     monkeypatch.chdir(tmp_path)
     assert load_suite("park").name == "park"
+
+
+def test_a_fifo_or_an_oversized_file_is_refused_unread(tmp_path):
+    """A FIFO would block the reader forever and /dev/zero never ends: neither is opened for reading."""
+    fifo = tmp_path / "pipe.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ScenarioError, match="pipe.toml: not read: it is a FIFO"):
+        load_suite(str(fifo))
+    big = tmp_path / "big.toml"
+    big.write_text("# " + "x" * (1 << 20) + "\n" + GOOD)
+    with pytest.raises(ScenarioError, match="over the 1048576 byte limit"):
+        load_suite(str(big))
+    with pytest.raises(ScenarioError, match="not read: it is a character device"):
+        load_suite("/dev/zero")  # a path (it has a /): refused on its stat, never opened

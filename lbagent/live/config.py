@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lbagent.bounded import NotReadable, read_regular
 from lbagent.errors import UserError, brief
-from lbagent.live.bounded import NotReadable, read_regular
 
 MODES = ("affinity", "cpuset")
 """How the actuator places a task: ``sched_setaffinity`` per thread, or an lbagent-owned cpuset."""

@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lbagent.bounded import NotReadable, kind, read_regular
 from lbagent.errors import UserError, brief
-from lbagent.live.bounded import NotReadable, kind, read_regular
 from lbagent.live.config import MODES
 
 FORMAT = "lbagent-state"

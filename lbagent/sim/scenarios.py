@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lbagent.bounded import NotReadable, read_regular
 from lbagent.errors import UserError
 from lbagent.sim.workload import (
     ARRIVALS,
@@ -53,6 +54,8 @@ from lbagent.sim.workload import (
 )
 
 SUITE_DIR = Path(__file__).parent / "scenarios"
+MAX_SUITE_BYTES = 1 << 20
+"""A suite is a few dozen lines; a path naming a FIFO, a device or a huge file is refused unread."""
 DYNAMICS = ("host", "park")
 
 
@@ -147,9 +150,11 @@ def load_suite(name_or_path: str | Path) -> Suite:
             raise ScenarioError(f"unknown suite {text!r}: known suites are {', '.join(known_suites())}, or give a .toml path")
         path = SUITE_DIR / f"{text}.toml"
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read_regular(path, MAX_SUITE_BYTES).decode())
     except FileNotFoundError:
         raise ScenarioError(f"{path}: no such scenario file") from None
+    except NotReadable as exc:
+        raise ScenarioError(f"{path}: not read: it {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ScenarioError(f"{path}: cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
