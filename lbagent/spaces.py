@@ -70,7 +70,6 @@ CLASSES: tuple[str, ...] = ("normal", "background")
 N_CLASSES = len(CLASSES)
 N_ACTIONS = N_PLACEMENTS * N_CLASSES
 ARRIVAL, REVIEW = 0, 1
-DECISIONS: tuple[str, ...] = ("arrival", "review")
 
 SLOT_FEATURES: tuple[str, ...] = (
     "mask",

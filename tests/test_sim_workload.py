@@ -100,3 +100,11 @@ def test_commands_keep_the_mean_and_the_predictor_knows_only_the_command():
     assert 0.3 < np.corrcoef(np.log(pred), np.log(work))[0, 1] < 0.95
     np.testing.assert_allclose((w.cmd_scale[:, :4]).mean(axis=1), 1.0)
     assert (w.cmd_scale[:, 4:] == 0).all()
+
+
+def test_the_predictors_error_is_independent_of_the_tasks_size():
+    """Each normal draw has its own pair of uniforms: sharing one (as a first version did) made the
+    predictor's error agree in sign with the size draw every time, a leak of the true size."""
+    d = draws(0)
+    assert abs(np.corrcoef(d.size_z, d.pred_z)[0, 1]) < 0.05
+    assert 0.45 < np.mean(np.sign(d.size_z) == np.sign(d.pred_z)) < 0.55

@@ -170,7 +170,7 @@ class ShareByThreshold(_Heuristic):
         return {**super().metadata, "threshold_s": self.threshold}
 
     def act(self, obs: np.ndarray, raw: RawObservation, mask: np.ndarray) -> np.ndarray:
-        slot = _kernel_actions(raw, mask, f"{self.name}")
+        slot = _kernel_actions(raw, mask, self.name)
         if not mask[:, compose_action(KERNEL, BACKGROUND)].all():
             raise UnsupportedPolicy(f"{self.name} needs share control (a BACKGROUND class); these dynamics have none")
         review = np.asarray(raw.review, dtype=bool)

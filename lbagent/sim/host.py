@@ -27,8 +27,8 @@ well. Either is visible to a policy only through ``util``, as on a real host.
 
 The kernel model (slot part ``KERNEL`` on an arrival). Load of a CPU = (normal tasks + inside hog +
 ``bg_weight / 1024`` per background task + the outside neighbour's share, or 1 for a neighbour
-seen as a whole task) / capacity: the kernel balances weighted load. At wake-up the task goes to the CPU with the lowest load, ties to the larger
-capacity then the lower index. On every periodic tick (``balance_interval`` s, 4 ms by default) the
+seen as a whole task) / capacity: the kernel balances weighted load. At wake-up the task goes to
+the CPU with the lowest load, ties to the larger capacity then the lower index. On every periodic tick (``balance_interval`` s, 4 ms by default) the
 balancer moves one unpinned task (the most recently arrived, the most cache-cold) from the most
 loaded CPU that has one to the least loaded CPU, if the destination's load after taking a NORMAL
 task stays below the source's, or if the destination is idle, the source has two tasks or more and
@@ -696,7 +696,7 @@ class HostVectorEnv(gymnasium.vector.VectorEnv):
         active = self.t_active[:, used]
         cpu = self.t_cpu[:, used]
         cls = self.t_cls[:, used]
-        clock = self.V.reshape(self.num_envs, -1)[np.arange(self.num_envs)[:, None], cpu * 2 + cls]
+        clock = self.V[np.arange(self.num_envs)[:, None], cpu, cls]
         return {
             "task_cpu": np.where(active, cpu, -1),
             "task_class": np.where(active, cls, -1),

@@ -344,17 +344,17 @@ class StepDraws:
         """The draws of task ``task`` of episode ``episode`` of env ``rows``: a pure function of
         those numbers and the seed, so the workload a policy sees never depends on its actions
         (reviews make the number of decisions before an arrival depend on them)."""
-        u = hashed_uniforms(seed, rows, episode, task, 8 + 2 * width)
+        u = hashed_uniforms(seed, rows, episode, task, 9 + 2 * width)
         return cls(
             expo=-np.log(u[:, 0]),
             burst=u[:, 1],
             size_u=u[:, 2],
             size_z=_box_muller(u[:, 3], u[:, 4]),
-            pred_z=_box_muller(u[:, 5], u[:, 4]),
-            unknown_u=u[:, 6],
-            cmd_u=u[:, 7],
-            bg_u=u[:, 8 : 8 + width],
-            bg_v=u[:, 8 + width :],
+            pred_z=_box_muller(u[:, 5], u[:, 6]),  # its own angle: the predictor's error is independent of the size
+            unknown_u=u[:, 7],
+            cmd_u=u[:, 8],
+            bg_u=u[:, 9 : 9 + width],
+            bg_v=u[:, 9 + width :],
         )
 
     def take(self, rows: np.ndarray) -> StepDraws:
