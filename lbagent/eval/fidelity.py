@@ -68,8 +68,8 @@ def simulate(schedule: Sequence[Task], policy: str, workload: Workload,
     busy loop's tracked load is full, whatever share its group gets).
     """
     from lbagent.bench.fidelity import parse_policy
+    from lbagent.policy.heuristics import make_heuristic
     from lbagent.sim.host import HostVectorEnv
-    from lbagent.spaces import BACKGROUND, KERNEL, NORMAL, compose_action
 
     if capacities is None:
         from lbagent.hostinfo import read_cpus
@@ -84,13 +84,16 @@ def simulate(schedule: Sequence[Task], policy: str, workload: Workload,
     elif workload.hog == "other":
         options.update(neighbour="outside", background=OUTSIDE_HOG_SHARE, neighbour_seen_as="task")
     if rule.demote_after:
-        options.update(review_m0=rule.demote_after + DEMOTION_LAG, max_reviews=1)
+        m0 = rule.demote_after + DEMOTION_LAG
+        options.update(review_m0=m0, max_reviews=1)
+        decide = make_heuristic(f"las:{m0!r}s")
+    elif rule.background_over:
+        decide = make_heuristic(f"oracle:{rule.background_over!r}s")
+    else:
+        decide = make_heuristic("kernel")
     env = HostVectorEnv.from_trace(arrival, work, capacities, **options)
-    _, info = env.reset(seed=workload.seed)
+    obs, info = env.reset(seed=workload.seed)
     while True:
-        raw = info["raw"]
-        demote = raw.review if rule.demote_after else (~raw.review & (raw.extras["true_work"] > (rule.background_over or np.inf)))
-        action = compose_action(KERNEL, np.where(demote, BACKGROUND, NORMAL))
-        _, _, done, _, info = env.step(action)
+        obs, _, done, _, info = env.step(decide.act(obs, info["raw"], info["action_mask"]))
         if done[0]:
             return info["episode"][0].jct * float(work.mean())
