@@ -106,7 +106,8 @@ def test_daemon_never_imports_torch_the_simulator_or_the_agent():
 
 # ------------------------------------------------------------------ in-process daemon
 class AlwaysSlot:
-    """A policy that asks for slot 1 for every task, whatever it is: the scope rules must hold anyway."""
+    """A policy that asks for slot 1 for every arriving task, whatever it is: the scope rules must hold
+    anyway (a review may only keep its task where it is: KERNEL)."""
 
     name = "always"
 
@@ -117,7 +118,7 @@ class AlwaysSlot:
         pass
 
     def act(self, obs, raw, mask):
-        return np.array([1])
+        return np.where(raw.review, spaces.KERNEL, 1)
 
     def observe(self, reward, episode_start) -> None:
         self.rewards.append(float(reward[0]))

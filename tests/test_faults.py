@@ -57,7 +57,7 @@ def test_task_exiting_between_decision_and_action_counts_esrch_and_the_daemon_go
     try:
         for n in range(1, 4):
             policy.victim = spawn_in(directory)
-            step_until(daemon, lambda n=n: daemon.decisions == n, f"decision {n}")
+            step_until(daemon, lambda n=n: daemon.decisions["arrival"] == n, f"decision {n}")
         step_until(daemon, lambda: not daemon.live, "the victims' exit events")
         assert daemon.actuator.errors == {"ESRCH": 3}
         assert daemon.metrics.counters["lbagent_placements_total"] == {(("outcome", "error:ESRCH"),): 3.0}
@@ -95,7 +95,7 @@ def test_cpu_taken_out_of_service_is_refused_counted_and_restore_still_works(sco
             (cs / "cpuset.cpus").write_text("0")  # CPU 1 out of service
             assert set(masks(placed.pid).values()) == {CPU0}  # the kernel narrowed our mask
             late = spawn_in_cpuset(directory, cs)
-            step_until(daemon, lambda: daemon.decisions == 2, "the late arrival's decision")
+            step_until(daemon, lambda: daemon.decisions["arrival"] == 2, "the late arrival's decision")
             outcomes = daemon.metrics.counters["lbagent_placements_total"]
             assert outcomes == {(("outcome", "placed"),): 1.0, (("outcome", "refused:outside_cpuset"),): 1.0}
             assert set(masks(late.pid).values()) == {CPU0}

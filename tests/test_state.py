@@ -51,7 +51,7 @@ def test_state_of_another_boot_is_ignored(tmp_path):
         (lambda t: t[: len(t) // 2], "corrupt or truncated JSON"),
         (lambda t: "", "corrupt or truncated JSON"),
         (lambda t: t.replace('"lbagent-state"', '"other"'), "not an lbagent state file"),
-        (lambda t: t.replace('"version":1', '"version":9'), "version 9"),
+        (lambda t: t.replace('"version":2', '"version":9'), "version 9, this lbagent reads 1 and 2"),
         (lambda t: t.replace('"tgid":4242', '"tgid":"x"'), "placement 0: 'tgid' must be int"),
         (lambda t: t.replace('"applied":[1]', '"applied":[]'), "'applied' must be a non-empty list"),
         (lambda t: t.replace('"mode":"cpuset"', '"mode":"pin"'), "placement 1: 'mode' must be affinity or cpuset"),

@@ -23,7 +23,7 @@ from lbagent import hostinfo
 from lbagent.bench import taskgen
 from lbagent.bench.demo import DaemonProcess, demo_config
 from lbagent.errors import UserError
-from lbagent.live.metrics import histogram_quantile, parse, scrape
+from lbagent.live.metrics import histogram_quantile, parse, scrape, summed_by
 
 BENCH_CGROUP = "lbagent-bench"
 TASK_WORK = 0.0005
@@ -100,7 +100,8 @@ def measure(rate: float, seconds: float, policy: str, probe: str) -> dict:
         "probe": dict(next(iter(metrics.get("lbagent_info", {})), ())).get("probe"),
         "arrivals": len(results),
         "achieved_rate": len(results) / max(max(a for a, _, _ in results) - min(a for a, _, _ in results), 1e-9),
-        "decisions": sum(metrics.get("lbagent_decisions_total", {}).values()),
+        "decisions": summed_by(metrics, "lbagent_decisions_total", "kind").get("arrival", 0.0),
+        "reviews": summed_by(metrics, "lbagent_decisions_total", "kind").get("review", 0.0),
         "placed": placed,
         "latency_p50_ms": histogram_quantile(metrics, 0.5) * 1e3,
         "latency_p99_ms": histogram_quantile(metrics, 0.99) * 1e3,

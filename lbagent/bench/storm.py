@@ -23,7 +23,7 @@ from lbagent import hostinfo
 from lbagent.bench.daemon import RUNTIME_DIR, Sampler, free_port
 from lbagent.bench.demo import DaemonProcess, demo_config
 from lbagent.errors import UserError
-from lbagent.live.metrics import histogram_quantile, parse, scrape
+from lbagent.live.metrics import histogram_quantile, parse, scrape, summed_by
 
 STORM_CGROUP = "lbagent-storm"
 WARMUP_TASKS = 400
@@ -137,7 +137,8 @@ def storm(rate: float, seconds: float, policy: str = "round_robin", probe: str =
         "events_seen": seen,
         "events_lost": lost,
         "all_accounted": seen + lost == 2 * d.tasks,
-        "decisions": sum(m.get("lbagent_decisions_total", {}).values()),
+        "decisions": summed_by(m, "lbagent_decisions_total", "kind").get("arrival", 0.0),
+        "reviews": summed_by(m, "lbagent_decisions_total", "kind").get("review", 0.0),
         "placements": outcomes,
         "latency_p50_ms": histogram_quantile(m, 0.5) * 1e3,
         "latency_p99_ms": histogram_quantile(m, 0.99) * 1e3,

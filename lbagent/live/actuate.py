@@ -233,21 +233,23 @@ class Actuator:
                 outcomes.append(result)
         if ready and not self.dry_run:
             previous = {p.tgid: self.state.placements.get(p.tgid) for _, p in ready}
-            for _, p in ready:
-                self.state.placements[p.tgid] = p
-            try:
-                self.state.save()
-            except StateFileError:  # no record, no change (write-ahead): the tasks stay as they are
-                for i, p in ready:
-                    self._forget_failed(p, previous[p.tgid])
-                    outcomes[i] = Outcome.ERROR_STATE_WRITE
-                self.errors[Outcome.ERROR_STATE_WRITE.key] += len(ready)
-                return outcomes
+            with self.state.guard:
+                for _, p in ready:
+                    self.state.placements[p.tgid] = p
+                try:
+                    self.state.save()
+                except StateFileError:  # no record, no change (write-ahead): the tasks stay as they are
+                    for i, p in ready:
+                        self._forget_failed(p, previous[p.tgid])
+                        outcomes[i] = Outcome.ERROR_STATE_WRITE
+                    self.errors[Outcome.ERROR_STATE_WRITE.key] += len(ready)
+                    return outcomes
             for i, p in ready:
                 failure = self._apply(p)
                 if failure:
                     outcomes[i] = failure
-                    self._forget_failed(p, previous[p.tgid])
+                    with self.state.guard:
+                        self._forget_failed(p, previous[p.tgid])
         return outcomes
 
     def _forget_failed(self, p: Placement, previous: Placement | None) -> None:
@@ -266,7 +268,7 @@ class Actuator:
         self.errors[outcome.key] += 1
         return outcome
 
-    def _rules(self, tgid: int, start: int | None = None) -> Outcome | tuple[TaskInfo, dict[str, str]]:
+    def check(self, tgid: int, start: int | None = None) -> Outcome | tuple[TaskInfo, dict[str, str]]:
         """The rules every change obeys, a placement or a restore alike: the outcome of a refusal,
         or the task's identity and cgroups. ``start``: the start time the task must still have."""
         if tgid <= 1:
@@ -286,7 +288,7 @@ class Actuator:
         return info, groups
 
     def _prepare(self, tgid: int, slot_cpus: frozenset[int]) -> Placement | Outcome:
-        checked = self._rules(tgid)
+        checked = self.check(tgid)
         if isinstance(checked, Outcome):
             return checked
         info, groups = checked
@@ -336,7 +338,8 @@ class Actuator:
     # ---------------------------------------------------------------- undoing
     def forget(self, tgid: int) -> None:
         """The task exited: nothing to restore any more."""
-        self.state.placements.pop(tgid, None)
+        with self.state.guard:
+            self.state.placements.pop(tgid, None)
 
     def restore(self, p: Placement) -> Outcome:
         """Undo one placement: restored, gone, reused PID, a refusal by rule or an error.
@@ -345,7 +348,7 @@ class Actuator:
         previous run: it obeys the same rules (never a kernel thread, PID 1, the daemon itself or a
         task out of scope), and a thread whose mask is no longer the one applied is left alone."""
         try:
-            checked = self._rules(p.tgid, p.start)
+            checked = self.check(p.tgid, p.start)
         except ProcessLookupError:
             return Outcome.GONE
         except OSError as e:
@@ -375,7 +378,8 @@ class Actuator:
     def restore_all(self) -> Counter[Outcome]:
         """Undo every placement (clean stop); the state file goes, the cgroups lbagent made too."""
         outcomes = Counter(self.restore(p) for p in list(self.state.placements.values()))
-        self.state.placements.clear()
+        with self.state.guard:
+            self.state.placements.clear()
         if self.state.locked or not self.dry_run:  # a dry run's file is not its own: it may be a real daemon's
             self.state.remove()
         if self.cpusets is not None:

@@ -57,6 +57,13 @@ class Config:
     """The probe's BPF object (default: the one installed with lbagent)."""
     ring_buffer_bytes: int = 1 << 22
     """The BPF probe's event ring: events that find it full are dropped and counted as lost."""
+    share: bool = True
+    """Offer the BACKGROUND class (a low-weight group inside each task's workload cgroup) where
+    the host has a cpu controller; without it, or with ``false``, policies see it masked."""
+    review_m0: float = 0.010
+    """CPU seconds of a managed task at its first review; the k-th comes at ``review_m0 * 2**k``."""
+    max_reviews: int = 8
+    """Reviews per task at most (0: decisions at arrivals only), as the simulator's ``max_reviews``."""
     metrics_address: str = f"127.0.0.1:{DEFAULT_METRICS_PORT}"
     metrics_enabled: bool = True
     source: str = "<defaults>"
@@ -150,6 +157,9 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "snapshot_interval": ((int, float), _positive_range(0.005, 5.0)),
         "bpf_object": (str, _absolute_path),
         "ring_buffer_bytes": (int, _ring_size),
+        "share": (bool, None),
+        "review_m0": ((int, float), _positive_range(0.001, 10.0)),
+        "max_reviews": (int, _positive_range(0, 16)),
     },
     "metrics": {
         "enabled": (bool, None),
@@ -187,8 +197,9 @@ def parse_config(text: str, source: str = "<string>") -> Config:
             f"{source}: scope: set at least one of cgroups, comms, uids "
             "(an empty scope would manage every task on the host)"
         )
-    if "snapshot_interval" in values:
-        values["snapshot_interval"] = float(values["snapshot_interval"])
+    for key in ("snapshot_interval", "review_m0"):
+        if key in values:
+            values[key] = float(values[key])
     return Config(scope=scope, source=source, **values)
 
 

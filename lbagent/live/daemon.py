@@ -1,11 +1,14 @@
-"""The live agent: probe events in, one policy decision per arriving task, placements out.
+"""The live agent: probe events in, one policy decision per arriving task and per review, changes out.
 
 Per arrival the daemon builds the contract's :class:`~lbagent.spaces.RawObservation` from the latest
-probe snapshot (runnable tasks and utilization per slot), its own record of the tasks it placed
-(placements in the window, work left), and the task's predicted work (the CPU time of earlier tasks
-with the same command name), asks the policy, and hands a slot to the actuator; ``KERNEL`` leaves the
-task alone. The reward the policy learns from is the contract's: minus the integral of the number of
-managed tasks in the system, computed from the kernel's arrival and exit timestamps.
+probe snapshot (runnable tasks and utilization per slot), its own record of the tasks it manages
+(placements in the window, work left, BACKGROUND tasks per slot), and the task's predicted work (the
+CPU time of earlier tasks with the same command name), asks the policy, and hands a slot to the
+actuator (``KERNEL`` leaves the mask alone) and a class to the share classes. A REVIEW comes when a
+managed task's attained CPU time crosses its next milestone (:mod:`lbagent.live.reviews`): the
+policy may then change the task's class only. The reward the policy learns from is the contract's:
+minus the integral of the number of managed tasks in the system, from the kernel's arrival and exit
+timestamps.
 
 It never imports torch, the simulator or the training stack: a host only needs numpy and the probe.
 """
@@ -18,7 +21,7 @@ import os
 import signal
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +29,17 @@ import numpy as np
 
 from lbagent import spaces
 from lbagent.errors import UserError
-from lbagent.hostinfo import read_cpus
-from lbagent.live import cgroups
+from lbagent.hostinfo import read_cpus, state_and_cpu
+from lbagent.live import cgroups, share
 from lbagent.live.actuate import Actuator
+from lbagent.live.classes import ShareClasses
+from lbagent.live.classes import recover as recover_shares
 from lbagent.live.config import Config, ConfigError, load_config
 from lbagent.live.fdreserve import FdReserve
 from lbagent.live.metrics import Metrics, MetricsServer
 from lbagent.live.notify import Notifier
 from lbagent.live.probe.types import EventKind, Scope, Snapshot, TaskEvent
+from lbagent.live.reviews import ReviewClock
 from lbagent.live.state import StateFile, StateFileError
 from lbagent.policy import Policy, resolve_policy
 
@@ -90,6 +96,16 @@ class LiveTask:
     slot: int | None
     """The slot the daemon put it on, or None when the kernel decides (``KERNEL`` or not applied)."""
     work: float
+    background: bool = False
+    """The class the policy last gave it (the move itself happens on the share worker)."""
+    reviews: int = 0
+    """Milestones behind it."""
+    seen_slot: int | None = None
+    """The slot of the CPU it ran on at its last review (where the kernel decides its place)."""
+
+    @property
+    def where(self) -> int | None:
+        return self.slot if self.slot is not None else self.seen_slot
 
 
 class WorkHistory:
@@ -179,7 +195,10 @@ class HostView:
         task_work: float,
         unknown: bool,
         since_last: float,
+        share_allowed: bool = False,
+        reviewed: tuple[LiveTask, float] | None = None,
     ) -> spaces.RawObservation:
+        """``reviewed``: the task under REVIEW and its attained CPU seconds (None: an arrival)."""
         m = spaces.MAX_SLOTS
         runnable, util = self.cpu_state(snap)
         recent = self._placements
@@ -188,10 +207,14 @@ class HostView:
         placed = np.zeros(m)
         for _, s in recent:
             placed[s] += 1
-        work_left = np.zeros(m)
+        work_left, background = np.zeros(m), np.zeros(m)
         for t in live.values():
             if t.slot is not None:
                 work_left[t.slot] += max(t.work - (now_ns - t.arrival_ns) / 1e9, 0.0)
+            if t.background and t.where is not None:
+                background[t.where] += 1  # a demoted task is CPU-bound: counted as runnable where it ran
+        task, attained = reviewed if reviewed is not None else (None, 0.0)
+        where = task.where if task is not None else None
         return spaces.RawObservation(
             slot_mask=self.slot_mask,
             capacity=self.capacity,
@@ -202,6 +225,12 @@ class HostView:
             task_work=np.array([task_work]),
             task_unknown=np.array([unknown]),
             since_last=np.array([since_last]),
+            share_allowed=share_allowed,
+            review=np.array([task is not None]),
+            attained=np.array([attained]),
+            current_slot=np.array([-1 if where is None else where]),
+            background_now=np.array([task is not None and task.background]),
+            runnable_bg=background[None],
         )
 
 
@@ -227,7 +256,8 @@ class Daemon:
         self.live: dict[int, LiveTask] = {}
         self.stop_requested = self.reload_requested = False
         self.last_decision_ns: int | None = None
-        self.decisions = 0
+        self.decisions: Counter[str] = Counter()
+        """Decisions made, by kind (arrival, review)."""
         # Everything that can fail on bad input happens before anything on the host is touched.
         self.probe_scope = resolve_scope(config)
         self.policy = policy or resolve_policy(config.policy)
@@ -245,6 +275,8 @@ class Daemon:
                 self.server.close()
             self.reserve.release()
             raise
+        self.classes = self._open_classes(config, state)
+        self.reviews = ReviewClock(config.review_m0, config.max_reviews if self.classes else 0)
         if self.probe_scope.missing:
             _warn("scope cgroup does not exist yet: watching for it", cgroups=list(self.probe_scope.missing))
         self._register_metrics()
@@ -273,6 +305,19 @@ class Daemon:
         _info("probe open", probe=probe.kind, scope=str(config.scope))
         return probe
 
+    def _open_classes(self, config: Config, state: StateFile) -> ShareClasses | None:
+        """The share lever, when asked for and the host has a cpu controller; else BACKGROUND stays
+        masked (and reviews, which can only change a class, are not made)."""
+        if not config.share:
+            return None
+        try:
+            controller = share.detect()
+        except share.ShareError as e:
+            _warn("share classes unavailable: policies see BACKGROUND masked", reason=e.strerror)
+            return None
+        _info("share classes", how=controller.describe())
+        return ShareClasses(controller, state, self.actuator.check, dry_run=config.dry_run)
+
     def recover(self) -> None:
         """Undo what a previous daemon left behind: from its state file, or by a safe scan."""
         state = self.actuator.state
@@ -291,12 +336,22 @@ class Daemon:
         if previous.placements:
             outcomes = {p.tgid: self.actuator.restore(p) for p in previous.placements.values()}
             _info("restored tasks of a previous run", outcomes=outcomes)
+        if previous.shares or previous.share_groups:
+            try:
+                controller = self.classes.controller if self.classes else share.detect()
+            except share.ShareError as e:
+                log.error(f"a previous run left share classes, but this host has no cpu controller now: {e.strerror}")
+            else:
+                _info("restored share classes of a previous run",
+                      outcomes=dict(recover_shares(controller, self.actuator.check, previous)))
         state.remove()
 
     def _register_metrics(self) -> None:
         m, a = self.metrics, self.actuator
         m.help.update(
-            lbagent_decisions_total="decisions by chosen action (slotN or kernel)",
+            lbagent_decisions_total="decisions by kind (arrival, review), chosen slot (slotN or kernel) and class",
+            lbagent_share_moves_total="class changes by class asked and outcome (moved, unchanged, refused:rule, error:kind)",
+            lbagent_reviews_pending="managed tasks waiting for their next review",
             lbagent_placements_total="placement outcomes (placed, dry_run, refused:reason, error:kind)",
             lbagent_errors_total="failed kernel calls by errno kind (ESRCH, EINVAL, EPERM, other)",
             lbagent_refusals_total="placements the safety rules refused, by rule",
@@ -309,8 +364,14 @@ class Daemon:
         m.gauge("lbagent_refusals_total", lambda: {(("rule", k),): float(v) for k, v in a.refusals.items()})
         m.gauge("lbagent_probe_lost_events_total", lambda: float(self.probe.lost()))
         m.gauge("lbagent_managed_tasks", lambda: float(len(self.live)))
+        m.gauge("lbagent_reviews_pending", lambda: float(len(self.reviews)))
+        if self.classes is not None:
+            classes = self.classes
+            m.gauge("lbagent_share_moves_total", lambda: {(("class", c), ("outcome", o)): float(n)
+                                                          for (c, o), n in list(classes.outcomes.items())})
         m.gauge("lbagent_info", lambda: {(("policy", self.config.policy), ("probe", self.probe.kind),
-                                           ("mode", self.config.mode), ("dry_run", str(self.config.dry_run).lower())): 1.0})
+                                           ("mode", self.config.mode), ("dry_run", str(self.config.dry_run).lower()),
+                                           ("share", self.classes.controller.describe() if self.classes else "off")): 1.0})
 
     # ---------------------------------------------------------------- the loop
     def run(self) -> int:
@@ -330,9 +391,13 @@ class Daemon:
         return 0
 
     def step(self, timeout: float) -> None:
+        due = self.reviews.next_due_ns()
+        if due is not None:
+            timeout = min(timeout, max(0.0, (due - time.monotonic_ns()) / 1e9))
         events = self.probe.poll(timeout)
         if events:
             self.handle(events)
+        self.review_due()
         now = time.monotonic()
         if now >= self.next_snapshot:
             self.snap = self.probe.snapshot()
@@ -366,7 +431,7 @@ class Daemon:
                     self.history.record(ev.comm, ev.runtime_ns / 1e9)
                 if task is not None:
                     self.clock.leave(ev.ts_ns)
-                    self.actuator.forget(ev.tgid)
+                    self._forget(ev.tgid)
         if requests:
             tgids = list(requests)
             outcomes = self.actuator.place_many([(t, requests[t][0]) for t in tgids])
@@ -377,7 +442,7 @@ class Daemon:
                     self.metrics.observe_latency((done - requests[tgid][1]) / 1e9)
                 elif outcome.unmanaged:
                     del self.live[tgid]  # not ours to manage (out of scope, kernel thread...): not counted either
-                    self.clock.leave(done)
+                    self.clock.leave(done)  # (a class asked for it meets the same rules on the share worker)
                 else:
                     self.live[tgid].slot = None
                 if self.config.dry_run or log.isEnabledFor(logging.DEBUG):
@@ -390,33 +455,80 @@ class Daemon:
         for tgid in [t for t in self.live if not os.path.exists(f"/proc/{t}")]:
             del self.live[tgid]
             self.clock.leave(now)
-            self.actuator.forget(tgid)
+            self._forget(tgid)
 
-    def decide(self, ev: TaskEvent) -> int | None:
-        """One decision for an arriving task: the slot to place it on, or None for KERNEL."""
-        self.clock.arrive(ev.ts_ns)
+    def _forget(self, tgid: int) -> None:
+        self.actuator.forget(tgid)
+        if self.classes is not None:
+            self.classes.forget(tgid)
+
+    def _ask(self, t_ns: int, kind: str, work: float, unknown: bool,
+             reviewed: tuple[LiveTask, float] | None = None) -> tuple[int, bool]:
+        """One policy decision (the reward since the previous one goes first): (slot, background)."""
         if self.last_decision_ns is not None:
-            self.policy.observe(spaces.reward(np.array([self.clock.take(ev.ts_ns)])), np.array([False]))
+            self.policy.observe(spaces.reward(np.array([self.clock.take(t_ns)])), np.array([False]))
         else:
-            self.clock.take(ev.ts_ns)
-        work, unknown = self.history.predict(ev.comm)
-        since = 0.0 if self.last_decision_ns is None else (ev.ts_ns - self.last_decision_ns) / 1e9
-        raw = self.view.raw(self.snap, self.live, ev.ts_ns, work, unknown, max(since, 0.0))
+            self.clock.take(t_ns)
+        since = 0.0 if self.last_decision_ns is None else (t_ns - self.last_decision_ns) / 1e9
+        raw = self.view.raw(self.snap, self.live, t_ns, work, unknown, max(since, 0.0),
+                            share_allowed=self.classes is not None, reviewed=reviewed)
         mask = spaces.action_mask(raw)
         action = int(spaces.validate_actions(self.policy.act(spaces.encode(raw), raw, mask), mask)[0])
-        self.last_decision_ns = ev.ts_ns
-        self.decisions += 1
-        label = "kernel" if action == spaces.KERNEL else f"slot{action}"
-        self.metrics.inc("lbagent_decisions_total", action=label)
+        self.last_decision_ns = max(t_ns, self.last_decision_ns or t_ns)
+        self.decisions[kind] += 1
+        slot, cls = (int(x) for x in spaces.split_action(action))
+        background = cls == spaces.BACKGROUND
+        label = "kernel" if slot == spaces.KERNEL else f"slot{slot}"
+        self.metrics.inc("lbagent_decisions_total", 1.0, kind=kind, action=label, **{"class": "background" if background else "normal"})
+        return slot, background
+
+    def decide(self, ev: TaskEvent) -> int | None:
+        """One decision for an arriving task: the slot to place it on (None for KERNEL); its
+        class goes to the share worker."""
+        self.clock.arrive(ev.ts_ns)
+        work, unknown = self.history.predict(ev.comm)
+        action, background = self._ask(ev.ts_ns, "arrival", work, unknown)
         slot = None if action == spaces.KERNEL else action
-        self.live[ev.tgid] = LiveTask(ev.tgid, ev.comm, ev.ts_ns, slot, work)
+        task = self.live[ev.tgid] = LiveTask(ev.tgid, ev.comm, ev.ts_ns, slot, work, background)
         if slot is not None:
             self.view.record_placement(ev.ts_ns, slot)
+        if self.classes is not None:
+            if background or self.classes.active:  # a child of a demoted task is born BACKGROUND
+                self.classes.request(ev.tgid, background)
+            self.reviews.watch(ev.tgid, time.monotonic_ns(), 0, 0)
         if log.isEnabledFor(logging.DEBUG) or (self.config.dry_run and slot is None):
             log.log(logging.INFO if self.config.dry_run else logging.DEBUG, "decision",
-                    extra={"fields": {"tgid": ev.tgid, "comm": ev.comm, "action": label,
-                                      "work": round(work, 4), "unknown": unknown}})
+                    extra={"fields": {"tgid": ev.tgid, "comm": ev.comm, "kind": "arrival", "slot": slot,
+                                      "background": task.background, "work": round(work, 4), "unknown": unknown}})
         return slot
+
+    def review_due(self) -> None:
+        """Read the tasks whose next milestone may have come; a crossing is a REVIEW decision."""
+        now = time.monotonic_ns()
+        for tgid in self.reviews.due(now):
+            task = self.live.get(tgid)
+            attained = share.process_attained_ns(tgid) if task is not None else None
+            if task is None or attained is None:
+                continue  # exited: its exit event settles it
+            earned = self.reviews.crossed(attained, task.reviews)
+            if earned > task.reviews:
+                task.reviews = earned
+                self.review(task, attained, now)
+            self.reviews.watch(tgid, now, attained, task.reviews)
+
+    def review(self, task: LiveTask, attained_ns: int, now_ns: int) -> None:
+        """A REVIEW: the policy may change the task's class (its slot part must be KERNEL: keep it)."""
+        found = state_and_cpu(f"/proc/{task.tgid}/stat")
+        if found is not None:
+            task.seen_slot = self.view.slot_of_cpu.get(found[1])
+        _, background = self._ask(now_ns, "review", task.work, False, (task, attained_ns / 1e9))
+        if background != task.background and self.classes is not None:
+            task.background = background
+            self.classes.request(task.tgid, background)
+        if log.isEnabledFor(logging.DEBUG) or self.config.dry_run:
+            log.log(logging.INFO if self.config.dry_run else logging.DEBUG, "decision",
+                    extra={"fields": {"tgid": task.tgid, "comm": task.comm, "kind": "review", "reviews": task.reviews,
+                                      "attained": round(attained_ns / 1e9, 4), "background": task.background}})
 
     def watch_scope(self) -> None:
         """Pick up scope cgroups that appeared (systemd makes a slice when its first unit starts) or
@@ -452,7 +564,7 @@ class Daemon:
         try:
             new = load_config(self.config_path).with_overrides(**self.overrides) if self.config_path else self.config
             fixed = [k for k in ("mode", "state_file", "probe", "bpf_object", "ring_buffer_bytes", "metrics_address",
-                                 "metrics_enabled")
+                                 "metrics_enabled", "share", "review_m0", "max_reviews")
                      if getattr(new, k) != getattr(self.config, k)]
             if fixed:
                 raise UserError(f"{', '.join(fixed)} cannot change on reload (restart the daemon)")
@@ -477,6 +589,8 @@ class Daemon:
             self._use_scope(scope, probe)
         self.policy, self.config = policy, new
         self.actuator.dry_run = new.dry_run
+        if self.classes is not None:
+            self.classes.dry_run = new.dry_run
         logging.getLogger("lbagent").setLevel(new.log_level.upper())
         if going_live:
             self.recover()  # a daemon that crashed before this one went live left tasks to restore
@@ -489,8 +603,9 @@ class Daemon:
         if self.server is not None:
             self.server.close()  # first: no new connection may take the descriptors released next
         self.reserve.release()
+        shares = self.classes.close() if self.classes is not None else {}
         outcomes = self.actuator.restore_all()
-        _info("stopped: restored every changed task", outcomes=dict(outcomes), decisions=self.decisions)
+        _info("stopped: restored every changed task", outcomes=dict(outcomes), shares=dict(shares), decisions=dict(self.decisions))
         self.probe.close()
 
 

@@ -205,6 +205,15 @@ def parse(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     return dict(out)
 
 
+def summed_by(parsed: dict, name: str, label: str) -> dict[str, float]:
+    """A parsed metric summed per value of one of its labels (decisions carry kind, action and class)."""
+    out: dict[str, float] = {}
+    for labels, v in parsed.get(name, {}).items():
+        key = dict(labels).get(label, "")
+        out[key] = out.get(key, 0.0) + v
+    return out
+
+
 def histogram_quantile(parsed: dict, q: float, name: str = "lbagent_decision_latency_seconds") -> float:
     """A quantile from cumulative buckets, interpolated linearly inside its bucket (as Prometheus does)."""
     buckets = sorted(

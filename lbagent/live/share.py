@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,11 @@ from lbagent.hostinfo import Mount, mounts, unified_root
 
 log = logging.getLogger(__name__)
 
-BACKGROUND = "background"
-NORMAL = "normal"
+BACKGROUND = "lbagent-background"
+NORMAL = "lbagent-normal"
 """The v2 leaf for the normal class (v1 keeps normal tasks in the workload cgroup itself)."""
+LEAVES = (NORMAL, BACKGROUND)
+"""Names lbagent gives its own cgroups: a task found in one is in a class lbagent made."""
 V1_BACKGROUND_SHARES = 2
 V2_BACKGROUND_WEIGHT = 1
 RMDIR_PATIENCE = 2.0
@@ -78,6 +81,11 @@ def detect(table: list[Mount] | None = None) -> CpuController:
     if v1 is None:
         raise ShareError(errno.ENOENT, "no cpu controller: neither cgroup v2 with 'cpu' nor a v1 cpu mount")
     return CpuController(1, v1)
+
+
+def errno_name(e: OSError) -> str:
+    """The errno's symbolic name (a metric label): ``EPERM``, ``ESRCH``...; ``other`` without one."""
+    return errno.errorcode.get(e.errno or 0, "other")
 
 
 def make_group(path: Path) -> Path:
@@ -133,17 +141,24 @@ class ShareGroups:
     in ``background`` go back to the normal class first, so a stop never leaves a task demoted.
     """
 
-    def __init__(self, controller: CpuController, workload: Path) -> None:
+    def __init__(self, controller: CpuController, workload: Path, *, adopt_enabled_cpu: bool | None = None) -> None:
+        """Make the classes; ``adopt_enabled_cpu`` (not None) instead takes over the classes a
+        previous daemon made there (from its state file), only to close them."""
         self.controller = controller
         self.workload = workload
+        self.background = workload / BACKGROUND
+        self.normal = workload / NORMAL if controller.version == 2 else workload
         self._made: list[Path] = []
         self._enabled_cpu = False
+        if adopt_enabled_cpu is not None:
+            self._made = [p for p in (workload / NORMAL, self.background) if p.is_dir()]
+            self._enabled_cpu = adopt_enabled_cpu
+            return
         try:
             if controller.version == 2:
                 self._setup_v2()
             else:
-                self.normal = workload
-                self.background = self._make(workload / BACKGROUND)
+                self._make(self.background)
                 (self.background / "cpu.shares").write_text(str(V1_BACKGROUND_SHARES))
         except BaseException:
             self.close()
@@ -153,12 +168,40 @@ class ShareGroups:
     def _setup_v2(self) -> None:
         if "cpu" not in (self.workload / "cgroup.controllers").read_text().split():
             raise ShareError(errno.EOPNOTSUPP, f"{self.workload}: the cpu controller is not enabled for it (enable +cpu in its parent's cgroup.subtree_control)")
+        self._make(self.normal)
+        self._make(self.background)
         if "cpu" not in (self.workload / "cgroup.subtree_control").read_text().split():
-            (self.workload / "cgroup.subtree_control").write_text("+cpu")
-            self._enabled_cpu = True
-        self.normal = self._make(self.workload / NORMAL)
-        self.background = self._make(self.workload / BACKGROUND)
+            self._hand_cpu_down()
         (self.background / "cpu.weight").write_text(str(V2_BACKGROUND_WEIGHT))
+
+    def _hand_cpu_down(self) -> None:
+        """Enable ``+cpu`` for the children. The no-internal-process rule refuses it (EBUSY) while
+        the workload cgroup holds processes, so they move into ``normal`` first; a process forked
+        into it meanwhile makes the write fail once more, hence the retries."""
+        for _ in range(5):
+            for pid in members(self.workload):
+                move(pid, self.normal)
+            try:
+                (self.workload / "cgroup.subtree_control").write_text("+cpu")
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+                continue
+            self._enabled_cpu = True
+            return
+        raise ShareError(errno.EBUSY, f"{self.workload}: processes keep arriving in it; cannot hand the cpu controller to its classes")
+
+    @property
+    def enabled_cpu(self) -> bool:
+        """v2: whether this object enabled ``+cpu`` in the workload's subtree (and will disable it)."""
+        return self._enabled_cpu
+
+    def background_of(self, cgroup: Path) -> bool | None:
+        """Whether a task in ``cgroup`` is in this workload's BACKGROUND (True) or normal class
+        (False); None when the cgroup is neither."""
+        if cgroup == self.background:
+            return True
+        return False if cgroup == self.normal else None
 
     def _make(self, path: Path) -> Path:
         make_group(path)
@@ -202,8 +245,24 @@ class ShareGroups:
 def attained_ns(pid: int) -> int | None:
     """CPU time the task's main thread has run, in ns (``/proc/PID/schedstat``, first field); None
     when it has exited. Exact, unlike the clock-tick times of ``/proc/PID/stat``."""
+    return _schedstat_ns(f"/proc/{pid}/schedstat")
+
+
+def process_attained_ns(pid: int) -> int | None:
+    """CPU time of every live thread of process ``pid``, in ns; None when it has exited. A
+    single-threaded process costs one read, like :func:`attained_ns`."""
     try:
-        with open(f"/proc/{pid}/schedstat", "rb") as f:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    if len(tids) <= 1:
+        return attained_ns(pid)
+    return sum(_schedstat_ns(f"/proc/{pid}/task/{tid}/schedstat") or 0 for tid in tids)
+
+
+def _schedstat_ns(path: str) -> int | None:
+    try:
+        with open(path, "rb") as f:
             return int(f.read().split(maxsplit=1)[0])
     except (FileNotFoundError, ProcessLookupError):
         return None

@@ -20,18 +20,22 @@ import json
 import os
 import secrets
 import stat
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lbagent.bounded import NotReadable, kind, read_regular
 from lbagent.errors import UserError, brief
 from lbagent.live.config import MODES
 
 FORMAT = "lbagent-state"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 2 added share classes (``shares``, ``share_groups``); a version-1 file has neither."""
 MAX_STATE_BYTES = 64 << 20
 PID_MAX = 1 << 22
 """The kernel's PID_MAX_LIMIT: no task or thread id is larger."""
@@ -79,13 +83,53 @@ class Placement:
         }
 
 
+@dataclass(frozen=True)
+class ShareRecord:
+    """One task the daemon moved into a share class, and the cpu cgroup it came from."""
+
+    tgid: int
+    start: int
+    comm: str
+    cgroup: str
+    """Absolute directory of the task's cpu cgroup before its first move (its workload's group)."""
+
+    def to_json(self) -> dict:
+        return {"tgid": self.tgid, "start": self.start, "comm": self.comm, "cgroup": self.cgroup}
+
+
+@dataclass(frozen=True)
+class ShareGroupRecord:
+    """Share classes lbagent made inside one workload cgroup: what a recovery must take down."""
+
+    workload: str
+    """Absolute directory of the workload's cpu cgroup (the ``background`` leaf lives below it)."""
+    version: int
+    """cgroup version of the hierarchy (1 or 2)."""
+    enabled_cpu: bool
+    """v2: lbagent enabled ``+cpu`` in the workload's ``cgroup.subtree_control`` (undo it)."""
+
+    def to_json(self) -> dict:
+        return {"workload": self.workload, "version": self.version, "enabled_cpu": self.enabled_cpu}
+
+
 class StateFile:
-    """The record on disk; every file operation goes through a directory checked to be root's own."""
+    """The record on disk; every file operation goes through a directory checked to be root's own.
+
+    The placement records belong to the daemon's main thread and the share records to its share
+    worker: ``guard`` is held around every change and while :meth:`save` serialises them."""
 
     def __init__(self, path: str | Path, placements: dict[int, Placement] | None = None) -> None:
         self.path = Path(path)
         self.placements: dict[int, Placement] = placements or {}
+        self.shares: dict[int, ShareRecord] = {}
+        self.share_groups: dict[str, ShareGroupRecord] = {}
+        self.guard = threading.RLock()
         self._lock_fd: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        """Nothing recorded: no task and no cgroup to restore."""
+        return not (self.placements or self.shares or self.share_groups)
 
     @property
     def locked(self) -> bool:
@@ -134,15 +178,18 @@ class StateFile:
                     pass  # a directory of that name is odd but harmless: writes use fresh random names
 
     def save(self) -> None:
-        body = json.dumps(
-            {
+        with self.guard:
+            record = {
                 "format": FORMAT,
                 "version": VERSION,
                 "boot_id": boot_id(),
                 "placements": [p.to_json() for p in self.placements.values()],
-            },
-            separators=(",", ":"),
-        ).encode()
+                "shares": [r.to_json() for r in self.shares.values()],
+                "share_groups": [g.to_json() for g in self.share_groups.values()],
+            }
+            self._write(json.dumps(record, separators=(",", ":")).encode())
+
+    def _write(self, body: bytes) -> None:
         tmp = f".{self.path.name}.{secrets.token_hex(8)}.tmp"
         try:
             with self._directory(create=True) as d:
@@ -207,17 +254,29 @@ class StateFile:
             raise StateFileError(f"state file {p}: JSON nested too deeply to be a state file") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise StateFileError(f"state file {p}: not an lbagent state file (format != {FORMAT!r})")
-        if data.get("version") != VERSION:
-            raise StateFileError(f"state file {p}: version {brief(data.get('version'))}, this lbagent reads {VERSION}")
+        if data.get("version") not in READABLE_VERSIONS:
+            raise StateFileError(f"state file {p}: version {brief(data.get('version'))}, this lbagent reads "
+                                 f"{' and '.join(map(str, READABLE_VERSIONS))}")
         if data.get("boot_id") != boot_id():
             return state  # written before a reboot: every task it names is gone
-        entries = data.get("placements")
-        if not isinstance(entries, list):
-            raise StateFileError(f"state file {p}: 'placements' must be a list")
-        for i, entry in enumerate(entries):
+        for i, entry in enumerate(_entries(data, "placements", p, required=True)):
             placement = _placement(entry, f"state file {p}: placement {i}")
             state.placements[placement.tgid] = placement
+        for i, entry in enumerate(_entries(data, "shares", p)):
+            share = _share(entry, f"state file {p}: share {i}")
+            state.shares[share.tgid] = share
+        for i, entry in enumerate(_entries(data, "share_groups", p)):
+            group = _share_group(entry, f"state file {p}: share group {i}")
+            state.share_groups[group.workload] = group
         return state
+
+
+def _entries(data: dict, key: str, p: Path, required: bool = False) -> list:
+    """The list under ``key``; absent is empty (a version-1 file has no share records) unless required."""
+    entries = data.get(key, None if required else [])
+    if not isinstance(entries, list):
+        raise StateFileError(f"state file {p}: {key!r} must be a list")
+    return entries
 
 
 def trusted_directory(directory: Path, create: bool, where: str) -> int:
@@ -291,24 +350,57 @@ def _reason(e: OSError) -> str:
     return e.strerror or str(e)
 
 
-def _placement(e: object, where: str) -> Placement:
+def _fields(e: object, where: str) -> Callable[[str, type], Any]:
+    """A reader of one record's typed fields that names the record and field of a bad one."""
     if not isinstance(e, dict):
         raise StateFileError(f"{where}: must be an object")
 
-    def need(key: str, want: type):
+    def need(key: str, want: type) -> Any:
         v = e.get(key)
-        if not isinstance(v, want) or isinstance(v, bool):
+        if not isinstance(v, want) or (isinstance(v, bool) and want is not bool):
             raise StateFileError(f"{where}: {key!r} must be {want.__name__}, got {brief(v)}")
         return v
+
+    return need
+
+
+def _task_identity(need: Callable[[str, type], Any], where: str) -> tuple[int, int]:
+    tgid, start = need("tgid", int), need("start", int)
+    if not 1 < tgid <= PID_MAX or start < 0:
+        raise StateFileError(f"{where}: tgid {tgid} / start {start} out of range")
+    return tgid, start
+
+
+def _cgroup_dir(v: object, key: str, where: str) -> str:
+    if not (isinstance(v, str) and v.startswith("/sys/fs/cgroup/") and ".." not in v.split("/")):
+        raise StateFileError(f"{where}: {key!r} must be a directory under /sys/fs/cgroup without '..', got {brief(v)}")
+    return v
+
+
+def _share(e: object, where: str) -> ShareRecord:
+    need = _fields(e, where)
+    tgid, start = _task_identity(need, where)
+    return ShareRecord(tgid, start, need("comm", str), _cgroup_dir(need("cgroup", str), "cgroup", where))
+
+
+def _share_group(e: object, where: str) -> ShareGroupRecord:
+    need = _fields(e, where)
+    version = need("version", int)
+    if version not in (1, 2):
+        raise StateFileError(f"{where}: 'version' must be 1 or 2, got {version}")
+    return ShareGroupRecord(_cgroup_dir(need("workload", str), "workload", where), version, need("enabled_cpu", bool))
+
+
+def _placement(e: object, where: str) -> Placement:
+    need = _fields(e, where)
+    assert isinstance(e, dict)
 
     def cpus(v: object, key: str) -> tuple[int, ...]:
         if not isinstance(v, list) or not v or not all(isinstance(c, int) and 0 <= c < 65536 for c in v):
             raise StateFileError(f"{where}: {key!r} must be a non-empty list of CPU numbers, got {brief(v)}")
         return tuple(v)
 
-    tgid, start = need("tgid", int), need("start", int)
-    if not 1 < tgid <= PID_MAX or start < 0:
-        raise StateFileError(f"{where}: tgid {tgid} / start {start} out of range")
+    tgid, start = _task_identity(need, where)
     mode = need("mode", str)
     if mode not in MODES:
         raise StateFileError(f"{where}: 'mode' must be {' or '.join(MODES)}, got {brief(mode)}")

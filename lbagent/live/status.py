@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from lbagent.live.metrics import histogram_quantile, parse, scrape
+from lbagent.live.metrics import histogram_quantile, parse, scrape, summed_by
 
 
 def fetch(address: str) -> str:
@@ -15,7 +15,7 @@ def summary(text: str) -> dict:
     m = parse(text)
 
     def by(name: str, label: str) -> dict[str, float]:
-        return {dict(k).get(label, ""): v for k, v in m.get(name, {}).items()}
+        return summed_by(m, name, label)
 
     info = next(iter(m.get("lbagent_info", {})), ())
     count = m.get("lbagent_decision_latency_seconds_count", {}).get((), 0.0)
@@ -23,6 +23,9 @@ def summary(text: str) -> dict:
         "info": dict(info),
         "managed_tasks": m.get("lbagent_managed_tasks", {}).get((), 0.0),
         "decisions": by("lbagent_decisions_total", "action"),
+        "decision_kinds": by("lbagent_decisions_total", "kind"),
+        "classes": by("lbagent_decisions_total", "class"),
+        "share_moves": by("lbagent_share_moves_total", "outcome"),
         "placements": by("lbagent_placements_total", "outcome"),
         "errors": by("lbagent_errors_total", "kind"),
         "refusals": by("lbagent_refusals_total", "rule"),
@@ -41,7 +44,7 @@ def render(text: str, as_json: bool = False) -> str:
         "lbagent: " + ", ".join(f"{k}={v}" for k, v in sorted(s["info"].items())),
         f"managed tasks now: {s['managed_tasks']:.0f}    lost probe events: {s['lost_probe_events']:.0f}",
     ]
-    for key in ("decisions", "placements", "errors", "refusals"):
+    for key in ("decisions", "decision_kinds", "classes", "share_moves", "placements", "errors", "refusals"):
         items = ", ".join(f"{k} {v:.0f}" for k, v in sorted(s[key].items())) or "none"
         lines.append(f"{key}: {items}")
     if s["latency_p50_ms"] is not None:
