@@ -20,7 +20,7 @@ from lbagent.live import share, status
 from lbagent.live.cgroups import task_cgroups
 from lbagent.live.classes import cpu_cgroup
 from lbagent.live.config import ConfigError, parse_config
-from lbagent.live.reviews import MIN_RECHECK_NS, ReviewClock
+from lbagent.live.reviews import MAX_LATE_NS, MIN_RECHECK_NS, ReviewClock
 from lbagent.live.state import ShareGroupRecord, ShareRecord, StateFile, StateFileError
 from livehost import kill_all, stop, v2_cgroup
 
@@ -43,6 +43,12 @@ def test_review_clock_reads_a_task_no_sooner_than_it_could_cross():
     assert clock.due(9_999_999) == [] and clock.due(10_000_000) == [7]
     clock.watch(7, 10_000_000, 9_500_000, 0)  # half a ms short: not before the minimum recheck
     assert clock.next_due_ns() == 10_000_000 + MIN_RECHECK_NS
+    clock.due(10**12)
+    clock.watch(7, 0, 6_000_000, 0, share=0.5)  # 4 ms short at half a CPU: expected in 8 ms
+    assert clock.next_due_ns() == 8_000_000
+    clock.due(10**12)
+    clock.watch(7, 0, 6_000_000, 0, share=0.0)  # starved so far: never later than MAX_LATE_NS past the soonest
+    assert clock.next_due_ns() == 4_000_000 + MAX_LATE_NS
     assert clock.crossed(9_999_999, 0) == 0 and clock.crossed(25_000_000, 0) == 2 and clock.crossed(10**12, 1) == 3
     clock.due(10**12)
     clock.watch(7, 0, 10**12, 3)  # every review had: never read again

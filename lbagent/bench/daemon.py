@@ -83,7 +83,7 @@ def measure(rate: float, seconds: float, policy: str, probe: str) -> dict:
                 proc = psutil.Process(daemon.proc.pid)
                 idle_rss, fds_start = proc.memory_info().rss / 2**20, proc.num_fds()
                 sampler = Sampler(daemon.proc.pid)
-                results = taskgen.run(tasks, cg, workers=max(1, math.ceil(rate / GENERATOR_RATE)))
+                results = taskgen.run(tasks, [cg], workers=max(1, math.ceil(rate / GENERATOR_RATE)))
                 time.sleep(0.2)  # the last exits reach the daemon
                 peak_rss, cpu = sampler.finish()
                 end_rss, fds_end = proc.memory_info().rss / 2**20, proc.num_fds()

@@ -26,19 +26,19 @@ import math
 import os
 import queue
 import re
-import resource
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from lbagent import hostinfo
 from lbagent.bench import taskgen
+from lbagent.bench.alone import MAX_ELSEWHERE, Disturbance, realtime
 from lbagent.bench.demo import as_the_unit_schedules_it
 from lbagent.errors import UserError
 from lbagent.eval.fidelity import POLICIES, WORKLOADS, Workload, simulate
@@ -56,7 +56,6 @@ COMMANDS = (
 ORACLE_OVER = 0.100
 """The oracle's rule: a task of more than this much work (s) starts in background."""
 POLL_INTERVAL = 0.003
-MAX_ELSEWHERE = 0.4
 MAX_RETRIES = 3
 DRAIN = 30.0
 """Seconds a run may take after its last arrival; tasks still running are killed and counted at it."""
@@ -108,21 +107,6 @@ class Run:
     """Latest fork behind its scheduled arrival (s)."""
 
 
-def box_busy_seconds() -> float:
-    """CPU-s all CPUs have been busy since boot (/proc/stat: everything but idle and iowait)."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / hostinfo.CLK_TCK
-
-
-def own_cpu_seconds() -> float:
-    """CPU-s of this process and every child (and grandchild) it has waited for."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
 class Hog:
     """A busy loop that joins ``join_file``'s cgroup by itself before it spins."""
 
@@ -139,16 +123,6 @@ class Hog:
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait()
-
-
-@contextmanager
-def realtime(priority: int = 1) -> Iterator[None]:
-    """This thread (and threads it starts) at SCHED_FIFO, as the daemon runs; back to normal after."""
-    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-    try:
-        yield
-    finally:
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
 class Demoter:
@@ -217,7 +191,7 @@ class Bench:
     def run(self, workload: Workload, rule: Rule, schedule: list[taskgen.Task], repeat: int) -> Run:
         over = rule.background_over
         join: list[str | None] = [self.groups.join_file(over is not None and t.work > over) for t in schedule]
-        busy0, own0 = box_busy_seconds(), own_cpu_seconds()
+        disturbance = Disturbance()
         hog = None
         if workload.hog == "same":
             hog = Hog(self.groups.normal, self.groups.join_file(False))
@@ -225,7 +199,7 @@ class Bench:
             hog = Hog(self.other_dir, str(self.other_dir / self.controller.join_name()))
         demoted, move_max = 0, 0.0
         try:
-            gens = taskgen.Generators(schedule, None, DRAIN, join=join, preexec=as_the_unit_schedules_it)
+            gens = taskgen.Generators(schedule, (), DRAIN, join=join, preexec=as_the_unit_schedules_it)
             try:
                 if rule.demote_after is not None:
                     exclude = gens.pids | ({hog.proc.pid} if hog else set())
@@ -236,8 +210,7 @@ class Bench:
         finally:
             if hog:
                 hog.stop()
-        own = own_cpu_seconds() - own0
-        elsewhere = box_busy_seconds() - busy0 - own
+        own, elsewhere = disturbance.own(), disturbance.elsewhere()
         jct = [c for _, c, _ in results]
         lag = max((a - t.at for (a, _, _), t in zip(results, schedule, strict=True)), default=0.0)
         return Run(workload.name, rule.spec, repeat, len(jct), statistics.fmean(jct),
@@ -378,14 +351,6 @@ def render_table(report: Report, title: str):
         table.add_row(r.workload, r.policy, fmt(None if r.real_mean is None else r.real_mean * 1e3, ".1f"),
                       fmt(r.real_ratio), fmt(r.sim_ratio), fmt(r.difference, "+.3f"), fmt(r.spread), str(r.runs))
     return table
-
-
-def check_json_target(path: str | None) -> None:
-    """Refuse an unwritable ``--json`` before minutes of measuring, not after."""
-    if path and path != "-":
-        parent = Path(path).resolve().parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise UserError(f"--json {path}: cannot write into {parent}")
 
 
 def write_json(report: Report, path: str) -> None:

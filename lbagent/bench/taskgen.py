@@ -21,7 +21,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,52 +61,50 @@ def make_batch(
 ) -> list[Task]:
     """Poisson arrivals of heavy-tailed CPU-bound tasks of several commands, ``cpu_load`` of ``cpus``
     CPUs on average (the cap included in the mean, so the load is what is asked for)."""
-    import numpy as np  # not at module level: see make_schedule
-
-    total = sum(c.share for c in commands)
-    mean = sum(c.share / total * capped_pareto_mean(c.scale, alpha, max_work) for c in commands)
-    rate = cpu_load * cpus / mean
-    rng = np.random.default_rng(seed)
-    p = np.array([c.share / total for c in commands])
-    tasks: list[Task] = []
-    t = rng.exponential(1.0 / rate)
-    while t < seconds:
-        c = commands[int(rng.choice(len(commands), p=p))]
-        work = min(float(c.scale * (rng.pareto(alpha) + 1.0)), max_work)
-        tasks.append(Task(round(float(t), 6), round(work, 6), comm=c.name))
-        t += rng.exponential(1.0 / rate)
-    return tasks
+    return make_build(seed, seconds, cpu_load, cpus, (commands,), alpha, max_work, burst_factor=None)
 
 
-def make_schedule(
-    seed: int,
-    seconds: float,
-    cpu_load: float = 0.9,
-    mean_work: float = 0.06,
-    alpha: float = 1.5,
-    max_work: float = 2.0,
-    burst_factor: float = 4.0,
+def make_build(
+    seed: int, seconds: float, cpu_load: float, cpus: int, phases: Sequence[tuple[Command, ...]],
+    alpha: float = 1.5, max_work: float = 1.0, burst_factor: float | None = 4.0,
 ) -> list[Task]:
-    """Tasks whose total work is about ``cpu_load`` CPUs for ``seconds``, bursty and heavy-tailed."""
+    """A build-like workload: arrivals of several commands, each with its own heavy-tailed (Pareto)
+    sizes, ``cpu_load`` of ``cpus`` CPUs on average; the command mix moves to the next of ``phases``
+    at equal fractions of the run (the arrival rate follows, so the load stays put). Arrivals are
+    bursty (:func:`arrivals`), or Poisson with ``burst_factor=None``."""
     import numpy as np  # not at module level: the generator forks, and numpy's mappings make fork 4x slower
 
     rng = np.random.default_rng(seed)
-    rate = cpu_load / mean_work
-    calm_rate, burst_rate = rate * 0.5, rate * burst_factor
-    burst_share = 0.5 / (burst_factor - 1.0)  # mean burst length that keeps the average rate at ``rate``
-    scale = mean_work * (alpha - 1) / alpha
     tasks: list[Task] = []
+    span = seconds / len(phases)
+    for i, commands in enumerate(phases):
+        total = sum(c.share for c in commands)
+        p = np.array([c.share / total for c in commands])
+        mean = sum(c.share / total * capped_pareto_mean(c.scale, alpha, max_work) for c in commands)
+        for t in arrivals(rng, cpu_load * cpus / mean, span, burst_factor):
+            c = commands[int(rng.choice(len(commands), p=p))]
+            work = min(float(c.scale * (rng.pareto(alpha) + 1.0)), max_work)
+            tasks.append(Task(round(i * span + t, 6), round(work, 6), comm=c.name))
+    return tasks
+
+
+def arrivals(rng, rate: float, seconds: float, burst_factor: float | None = 4.0) -> Iterator[float]:
+    """Arrival times in [0, seconds) averaging ``rate`` per second. Bursty: a two-state modulated
+    Poisson process, calm phases (mean 1 s) at half the rate and bursts at ``burst_factor`` times
+    it; ``None``: plain Poisson. ``rng`` is numpy's Generator; the caller draws each task's other
+    values between two arrivals, so one seed fixes the whole schedule."""
+    rates = (rate, rate) if burst_factor is None else (rate * 0.5, rate * burst_factor)
+    burst_share = 0.0 if burst_factor is None else 0.5 / (burst_factor - 1.0)  # keeps the mean rate at ``rate``
     t, bursting = 0.0, False
-    phase_end = rng.exponential(1.0)
+    phase_end = rng.exponential(1.0) if burst_factor is not None else float("inf")
     while True:
-        t += rng.exponential(1.0 / (burst_rate if bursting else calm_rate))
+        t += rng.exponential(1.0 / rates[bursting])
         while t > phase_end:
             bursting = not bursting
             phase_end += rng.exponential(burst_share if bursting else 1.0)
         if t >= seconds:
-            return tasks
-        work = min(float(scale * (rng.pareto(alpha) + 1.0)), max_work)
-        tasks.append(Task(round(t, 6), round(work, 6)))
+            return
+        yield float(t)
 
 
 def burn(work: float) -> None:
@@ -117,22 +115,24 @@ def burn(work: float) -> None:
 
 
 def generate(
-    tasks: list[Task], cgroup_procs: str | None, drain: float = 1e9, start_at: float | None = None,
+    tasks: list[Task], cgroup_procs: Sequence[str] = (), drain: float = 1e9, start_at: float | None = None,
     join: list[str | None] | None = None,
 ) -> list[tuple[float, float, bool]]:
     """Run the schedule from this process: (arrival, completion time, finished) per task.
 
     Tasks still running ``drain`` seconds after the last arrival are killed and reported unfinished,
     with their time so far (a lower bound): a demo on a swamped host still ends on time. ``join``
-    gives per task a cgroup file the child writes ``0`` into before it burns (it joins by itself).
+    gives per task a cgroup file the child writes ``0`` into before it burns (it joins by itself);
+    ``cgroup_procs`` are the files this process joins first (one per hierarchy, e.g. the v2 scope
+    and the v1 cpu cgroup), so every task starts in them.
     """
     prctl = None
     if any(t.comm for t in tasks):
         import ctypes
 
         prctl = ctypes.CDLL(None).prctl  # loaded before the forks, so no child pays for it
-    if cgroup_procs:
-        Path(cgroup_procs).write_text("0")
+    for procs in cgroup_procs:
+        Path(procs).write_text("0")
     if start_at is not None:
         time.sleep(max(0.0, start_at - time.monotonic()))
     start = time.monotonic() if start_at is None else start_at
@@ -188,7 +188,7 @@ class Generators:
     """
 
     def __init__(
-        self, tasks: list[Task], cgroup_dir: Path | None, drain: float = 1e9, workers: int = 1,
+        self, tasks: list[Task], cgroup_dirs: Sequence[Path] = (), drain: float = 1e9, workers: int = 1,
         join: list[str | None] | None = None, preexec: Callable[[], None] | None = None,
     ) -> None:
         self.tasks, self.workers, self.drain = tasks, workers, drain
@@ -199,7 +199,7 @@ class Generators:
                 payload = json.dumps({"tasks": [[t.at, t.work, t.hold, t.comm] for t in tasks[w::workers]],
                                       "drain": drain, "start_at": self.start_at,
                                       "join": join[w::workers] if join else None,
-                                      "cgroup_procs": str(cgroup_dir / "cgroup.procs") if cgroup_dir else None})
+                                      "cgroup_procs": [str(d / "cgroup.procs") for d in cgroup_dirs]})
                 p = subprocess.Popen([sys.executable, "-m", "lbagent.bench.taskgen"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      start_new_session=True, preexec_fn=preexec)
@@ -245,10 +245,11 @@ class Generators:
 
 
 def run(
-    tasks: list[Task], cgroup_dir: Path | None, drain: float = 1e9, workers: int = 1
+    tasks: list[Task], cgroup_dirs: Sequence[Path] = (), drain: float = 1e9, workers: int = 1,
+    preexec: Callable[[], None] | None = None, join: list[str | None] | None = None,
 ) -> list[tuple[float, float, bool]]:
     """Run the schedule from :class:`Generators` and wait for it; results come back in schedule order."""
-    gens = Generators(tasks, cgroup_dir, drain, workers)
+    gens = Generators(tasks, cgroup_dirs, drain, workers, join=join, preexec=preexec)
     try:
         return gens.results()
     finally:
@@ -277,7 +278,7 @@ class NoisyNeighbour:
 def _main() -> None:
     spec = json.loads(sys.stdin.read())
     tasks = [Task(a, w, h, c) for a, w, h, c in spec["tasks"]]
-    json.dump(generate(tasks, spec.get("cgroup_procs"), spec["drain"], spec.get("start_at"), spec.get("join")), sys.stdout)
+    json.dump(generate(tasks, spec["cgroup_procs"], spec["drain"], spec.get("start_at"), spec.get("join")), sys.stdout)
 
 
 if __name__ == "__main__":

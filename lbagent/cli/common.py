@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -27,6 +29,14 @@ def setup_logging() -> None:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="lbagent: %(message)s")
+
+
+def check_json_target(path: str | None) -> None:
+    """Refuse an unwritable ``--json`` before minutes of measuring, not after."""
+    if path and path != "-":
+        parent = Path(path).resolve().parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise UserError(f"--json {path}: cannot write into {parent}")
 
 
 def csv_list(value: str) -> list[str]:

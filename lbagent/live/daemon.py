@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -102,6 +103,9 @@ class LiveTask:
     """Milestones behind it."""
     seen_slot: int | None = None
     """The slot of the CPU it ran on at its last review (where the kernel decides its place)."""
+    read_ns: int = 0
+    attained_ns: int = 0
+    """Its attained CPU time at its last read, and when that was (0: not read yet)."""
 
     @property
     def where(self) -> int | None:
@@ -392,8 +396,8 @@ class Daemon:
 
     def step(self, timeout: float) -> None:
         due = self.reviews.next_due_ns()
-        if due is not None:
-            timeout = min(timeout, max(0.0, (due - time.monotonic_ns()) / 1e9))
+        if due is not None:  # whole ms, rounded up: a probe's wait truncates to ms, and 0 would spin
+            timeout = min(timeout, max(0, math.ceil((due - time.monotonic_ns()) / 1e6)) / 1e3)
         events = self.probe.poll(timeout)
         if events:
             self.handle(events)
@@ -514,7 +518,9 @@ class Daemon:
             if earned > task.reviews:
                 task.reviews = earned
                 self.review(task, attained, now)
-            self.reviews.watch(tgid, now, attained, task.reviews)
+            share_of_cpu = (attained - task.attained_ns) / (now - task.read_ns) if task.read_ns and now > task.read_ns else 1.0
+            task.read_ns, task.attained_ns = now, attained
+            self.reviews.watch(tgid, now, attained, task.reviews, share_of_cpu)
 
     def review(self, task: LiveTask, attained_ns: int, now_ns: int) -> None:
         """A REVIEW: the policy may change the task's class (its slot part must be KERNEL: keep it)."""

@@ -3,11 +3,13 @@
 A task's k-th review comes when its attained CPU time crosses ``m0 * 2**k`` (the contract's
 milestones, as in the simulator). Reading every task's time at every snapshot would cost the
 daemon per task and per snapshot, and a snapshot's granularity would make every review late by up
-to its interval. Instead each task is read when it *could* first have crossed: a thread runs at most
-one CPU-second per second, so a task ``d`` short of its milestone cannot get there sooner than ``d``
-from now. A task that shares its CPU needs a few more reads (each at least :data:`MIN_RECHECK_NS`
-apart), so the cost per managed task stays bounded by its milestones times a few reads. A
-multi-threaded task can run faster than that bound: its review may come late, never early.
+to its interval. Instead each task is read when it is expected to have crossed: a thread runs at
+most one CPU-second per second, so a task ``d`` short of its milestone cannot get there sooner than
+``d`` from now; at the share of a CPU it got since its last read it gets there in ``d / share``,
+which is when it is read, but never later than :data:`MAX_LATE_NS` after the soonest possible
+moment (its share can grow when others finish). So the cost per managed task stays at a few reads
+per milestone, and a review is late by at most that bound (a multi-threaded task, which can run
+faster than one CPU, may be later).
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ import heapq
 
 MIN_RECHECK_NS = 2_000_000
 """A task short of its milestone is not read again sooner than this (bounds the reads per review)."""
+MAX_LATE_NS = 10_000_000
+"""A read comes at most this long after the soonest moment the task could have crossed."""
+MIN_SHARE = 0.05
+"""The share of a CPU assumed for a task that got (almost) none since its last read."""
 
 
 class ReviewClock:
@@ -37,11 +43,13 @@ class ReviewClock:
             k += 1
         return k
 
-    def watch(self, tgid: int, now_ns: int, attained_ns: int, done: int) -> None:
-        """Schedule the next read of a task, unless it has had every review it may have."""
+    def watch(self, tgid: int, now_ns: int, attained_ns: int, done: int, share: float = 1.0) -> None:
+        """Schedule the next read of a task, unless it has had every review it may have; ``share``:
+        the fraction of a CPU it got since its previous read (1 when unknown: the soonest moment)."""
         if done < self.max_reviews:
             short = self.milestone_ns(done) - attained_ns
-            heapq.heappush(self._due, (now_ns + max(short, MIN_RECHECK_NS), tgid))
+            expected = min(short / max(share, MIN_SHARE), short + MAX_LATE_NS)
+            heapq.heappush(self._due, (now_ns + max(int(expected), MIN_RECHECK_NS), tgid))
 
     def due(self, now_ns: int) -> list[int]:
         """The tasks to read now, each once."""
