@@ -76,7 +76,8 @@ class PipeResult:
         """``{"lite": {"cpu_overhead", "wall_overhead", ...}, "exact": {...}, "none": {...}, ...}``."""
         out: dict = {"rounds": self.rounds, "loops": self.loops, "reruns": self.reruns}
         for config, runs in self.runs.items():
-            out[config] = {"median_wall_us": self.medians(config)["wall_us"], "median_cpu_us": self.medians(config)["cpu_us"],
+            medians = self.medians(config)
+            out[config] = {"median_wall_us": medians["wall_us"], "median_cpu_us": medians["cpu_us"],
                            "runs": [asdict(r) for r in runs]}
             if config != NO_PROBE:
                 out[config] |= {"cpu_overhead": self.overhead(config, "cpu_us"),
