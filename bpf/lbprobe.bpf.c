@@ -1,12 +1,22 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
-/* lbprobe: the scheduler as lbagent sees it.
+/* lbprobe: the scheduler as lbagent sees it. Two modes, chosen by the loader before load.
  *
- * Per CPU, exact at every change we can see (switch, wakeup, new task, queued migration): the
- * number of runnable tasks, integrated over time so user space gets a true mean over any window
- * (an idle CPU gets no samples on a tickless kernel, so sampling would lie); busy time; new tasks.
- * Per task of the agent's scope (cgroup ids, command names, uids: maps filled by the loader),
- * arrivals and exits go through a ring buffer; an exit carries the process's final CPU time, read
- * at its last context switch, when the scheduler has accounted every nanosecond.
+ * lite (the default): nothing on the context-switch or wakeup path. Arrivals and exits of the
+ * agent's scope (cgroup ids, command names, uids: maps filled by the loader) come from the fork,
+ * exec and exit tracepoints, rare events, through a ring buffer; an exit is reported at
+ * sched_process_exit of the group's last thread with runtime = that thread's sum_exec_runtime plus
+ * signal->sum_sched_runtime (the exited threads). That is a little short of the final figure: the
+ * exiting thread's time since its last accounting update (at most a tick) and its exit path are
+ * not counted yet, nor a sibling still finishing its own exit. New tasks per CPU are counted at
+ * fork. Run queues and attained CPU come from a task iterator (lb_tasks) that user space runs at
+ * each snapshot: an instant reading, not an integral.
+ *
+ * exact: also tp_btf on sched_switch, wakeup, wakeup_new and migrate. Per CPU, exact at every change
+ * we can see: the number of runnable tasks, integrated over time so user space gets a true mean
+ * over any window (an idle CPU gets no samples on a tickless kernel, so sampling would lie); busy
+ * time; new tasks. An exit carries the process's final CPU time, read at its last context switch,
+ * when the scheduler has accounted every nanosecond. The price is the tracepoint dispatch on every
+ * switch (about 5 % on a context-switch-heavy load).
  *
  * CO-RE only: struct differences between kernels are resolved by field-existence checks, never by
  * version numbers. tp_btf everywhere: fentry and kprobes are refused on locked-down kernels. The
@@ -20,6 +30,7 @@
 #include "lbprobe.bpf.h"
 
 #define TASK_DEAD 0x80
+#define TASK_ON_RQ_QUEUED 1
 #define TASK_ON_RQ_MIGRATING 2
 #define PF_KTHREAD 0x00200000
 #define LB_CGROUP_DEPTH 8 /* ancestors checked for a scope match: deeper nesting is not seen */
@@ -28,13 +39,19 @@ const volatile struct lb_config cfg = {};
 
 struct lb_shared shared __attribute__((aligned(64))) = {};
 
+/* BTF describes only the types that some global uses, and these two are only ever built on the
+ * stack or in the ring: zero-length anchors (no bytes in .bss) put them in the object's BTF for
+ * the loader's layout check. */
+struct lb_event lb_event_layout[0];
+struct lb_task lb_task_layout[0];
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
 } events SEC(".maps");
 
 /* Processes we reported arriving, so that exactly those get an exit. Value: the pid of the thread
- * that ended the group (0 while alive). */
+ * that ended the group (0 while alive; exact mode only). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
@@ -75,6 +92,14 @@ struct task_struct___pre55 {
 struct cgroup___pre60 {
 	int level;
 	u64 ancestor_ids[];
+} __attribute__((preserve_access_index));
+
+struct task_struct___pre516 {
+	unsigned int cpu;
+} __attribute__((preserve_access_index));
+
+struct sched_entity___v612 {
+	unsigned char sched_delayed;
 } __attribute__((preserve_access_index));
 
 struct cfs_rq___v613 {
@@ -312,16 +337,85 @@ int BPF_PROG(lb_exec, struct task_struct *p)
 	return 0;
 }
 
-/* Remember which thread ends a tracked group (the one that brought signal->live to zero); its
- * last context switch reports the exit with the final CPU time. */
+/* lite mode's arrivals: a new task counted on the CPU that forked it (its own CPU is chosen just
+ * after this tracepoint, at wake_up_new_task), atomically since no run-queue lock is held. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(lb_fork, struct task_struct *parent, struct task_struct *child)
+{
+	u32 cpu = bpf_get_smp_processor_id();
+	struct lb_cpu *c = cpu_slot(cpu);
+
+	if (c)
+		__sync_fetch_and_add(&c->arrivals, 1);
+	maybe_arrive(child, cpu, bpf_ktime_get_ns());
+	return 0;
+}
+
+/* The group's last thread (the one that brought signal->live to zero) is exiting. lite: report the
+ * exit now with the CPU time accounted so far (see the top of the file). exact: remember that
+ * thread; its last context switch reports the exit with the final CPU time. */
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(lb_exit, struct task_struct *p)
 {
 	u32 tgid = p->tgid;
 	u32 *exit_pid = bpf_map_lookup_elem(&tracked, &tgid);
 
-	if (exit_pid && p->signal->live.counter == 0)
+	if (!exit_pid || p->signal->live.counter != 0)
+		return 0;
+	if (!cfg.lite) {
 		*exit_pid = p->pid;
+		return 0;
+	}
+	emit(p, LB_EXIT, bpf_get_smp_processor_id(), bpf_ktime_get_ns(),
+	     p->se.sum_exec_runtime + p->signal->sum_sched_runtime);
+	bpf_map_delete_elem(&tracked, &tgid);
+	return 0;
+}
+
+static __always_inline u32 task_cpu(struct task_struct *t)
+{
+	if (bpf_core_field_exists(t->thread_info.cpu))
+		return BPF_CORE_READ(t, thread_info.cpu);
+	return BPF_CORE_READ((struct task_struct___pre516 *)t, cpu);
+}
+
+/* On a run queue for real: queued or running, and not an EEVDF delayed dequeue (asleep, kept only
+ * to burn off negative lag; 6.12 and later). */
+static __always_inline bool task_runnable(struct task_struct *t)
+{
+	if (BPF_CORE_READ(t, on_rq) != TASK_ON_RQ_QUEUED)
+		return false;
+	if (bpf_core_field_exists(struct sched_entity___v612, sched_delayed))
+		return !BPF_CORE_READ((struct sched_entity___v612 *)&t->se, sched_delayed);
+	return true;
+}
+
+/* Run by user space at each snapshot (bpf_iter_create, read to EOF): one lb_task per thread that
+ * is runnable (lite mode: the run queues at this instant) or whose process is tracked (both modes:
+ * attained CPU per managed process). Everything else is skipped, so the output stays small. The
+ * agent itself is left out of the run queues: it is always running when it looks. */
+SEC("iter/task")
+int lb_tasks(struct bpf_iter__task *ctx)
+{
+	struct task_struct *t = ctx->task;
+	struct lb_task rec = {};
+	u32 tgid;
+
+	if (!t)
+		return 0;
+	tgid = BPF_CORE_READ(t, tgid);
+	if (cfg.lite && tgid != cfg.self_tgid && task_runnable(t))
+		rec.flags |= LB_TASK_RUNNABLE;
+	if (bpf_map_lookup_elem(&tracked, &tgid))
+		rec.flags |= LB_TASK_TRACKED;
+	if (!rec.flags)
+		return 0;
+	rec.tgid = tgid;
+	rec.cpu = task_cpu(t);
+	rec.runtime_ns = BPF_CORE_READ(t, se.sum_exec_runtime);
+	if (BPF_CORE_READ(t, pid) == tgid)
+		rec.runtime_ns += BPF_CORE_READ(t, signal, sum_sched_runtime);
+	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
 	return 0;
 }
 

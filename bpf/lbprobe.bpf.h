@@ -1,5 +1,6 @@
 /* Layouts shared by lbprobe.bpf.c and its loader (lbagent/live/probe/bpf.py mirrors them with ctypes:
- * change one, change the other; the loader checks the sizes at open). */
+ * change one, change the other; the loader compares every struct here with its mirror, by the size
+ * the object's BTF gives, before loading). */
 #ifndef LBPROBE_BPF_H
 #define LBPROBE_BPF_H
 
@@ -26,8 +27,23 @@ struct lb_event {
 	char comm[LB_COMM_LEN];
 };
 
-/* Per-CPU scheduler state. Every writer runs under that CPU's run-queue lock (switch, wakeup,
- * wakeup_new, queued migration), so plain stores are race-free; user space reads it and closes the
+/* One record of the task iterator (lb_tasks), written per task that is runnable or belongs to a
+ * tracked process. runtime_ns is the thread's own CPU time, plus the time of the group's exited
+ * threads on the group leader's record, so the sum over a process's records is its attained CPU. */
+#define LB_TASK_RUNNABLE 1 /* queued or running on cpu, not a delayed dequeue */
+#define LB_TASK_TRACKED 2  /* its process arrived and has not exited */
+
+struct lb_task {
+	__u64 runtime_ns;
+	__u32 tgid;
+	__u32 cpu;
+	__u32 flags; /* LB_TASK_* */
+	__u32 pad;
+};
+
+/* Per-CPU scheduler state. In exact mode every writer runs under that CPU's run-queue lock (switch,
+ * wakeup, wakeup_new, queued migration), so plain stores are race-free; lite mode writes only
+ * arrivals, with an atomic add at fork. User space reads it and closes the
  * open intervals at its own "now". Times are the run queue's own clock (rq->clock, sched_clock
  * based, already updated by the scheduler at each of these events): reading it is a load, while
  * bpf_ktime_get_ns() costs more than the rest of a handler on a virtual machine. clock_offset maps
@@ -40,7 +56,7 @@ struct lb_cpu {
 	__u64 runq_ns;      /* integral of runnable tasks over time, task*ns, up to last_ns */
 	__u64 switch_ns;    /* rq clock at the last context switch */
 	__u64 busy_ns;      /* non-idle time up to switch_ns */
-	__u64 arrivals;     /* new tasks woken on this CPU */
+	__u64 arrivals;     /* new tasks woken on this CPU (lite: forked on this CPU) */
 	__u32 nr;           /* runnable tasks at last_ns */
 	__u32 busy;         /* 1 when a non-idle task runs since switch_ns */
 	__s64 clock_offset; /* CLOCK_MONOTONIC minus rq clock, ns */
@@ -53,7 +69,7 @@ struct lb_config {
 	__u8 filter_cgroup;  /* require the task's cgroup id in scope_cgroups */
 	__u8 filter_comm;    /* require the task's comm in scope_comms */
 	__u8 filter_uid;     /* require the task's uid in scope_uids */
-	__u8 pad;
+	__u8 lite;           /* lite mode: exits at sched_process_exit, run queues from the iterator */
 };
 
 struct lb_shared {

@@ -117,6 +117,45 @@ def read_uid(pid: int) -> int:
     raise ProcessLookupError(pid)
 
 
+
+def cpu_times() -> dict[int, tuple[int, int]]:
+    """Per CPU (busy, total) jiffies from /proc/stat; iowait counts as idle."""
+    times = {}
+    for line in (PROC / "stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3].isdigit():
+            name, *values = line.split()
+            user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in values[:8])
+            busy = user + nice + system + irq + softirq + steal
+            times[int(name[3:])] = (busy, busy + idle + iowait)
+    return times
+
+
+def busy_fractions(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> dict[int, float]:
+    """Per CPU, the busy share of the jiffies between two :func:`cpu_times` readings, in [0, 1]."""
+    shares = {}
+    for cpu, (busy, total) in after.items():
+        p_busy, p_total = before.get(cpu, (0, 0))
+        shares[cpu] = min(1.0, max(0.0, (busy - p_busy) / (total - p_total))) if total > p_total else 0.0
+    return shares
+
+
+def threads_runtime_ns(pid: int) -> int | None:
+    """CPU time of every live thread of ``pid``, in ns (the first field of each
+    ``/proc/PID/task/TID/schedstat``); threads that already exited are not counted. None when the
+    process is gone. One small read per thread."""
+    try:
+        tids = os.listdir(PROC / str(pid) / "task")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    total = 0
+    for tid in tids:
+        try:
+            with open(PROC / str(pid) / "task" / tid / "schedstat", "rb") as f:
+                total += int(f.read().split(maxsplit=1)[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
 # --------------------------------------------------------------------------------- CPUs
 def parse_cpulist(text: str) -> frozenset[int]:
     """``"0-2,5"`` -> {0, 1, 2, 5}: the kernel's format for cpuset files and sysfs CPU lists."""

@@ -20,12 +20,15 @@ SCOPE = '[scope]\ncgroups = ["/x"]\n'
 def test_documented_default_loads():
     c = load_config(DEFAULT)
     assert c.scope.cgroups == ("/lbagent.slice",) and c.mode == "affinity" and c.probe == "auto"
+    assert c.probe_mode == "lite"
     assert c.metrics_host_port == ("127.0.0.1", 9469)
     assert c.state_file == "/run/lbagent/state.json" and c.dry_run is False
 
 
 def test_minimal_config_and_overrides():
     c = parse_config('[scope]\ncomms = ["burn"]\nuids = [1000]\n[daemon]\nsnapshot_interval = 1\n')
+    assert c.probe_mode == "lite"
+    assert parse_config(SCOPE + "[daemon]\nprobe_mode = 'exact'\n").probe_mode == "exact"
     assert c.scope.comms == ("burn",) and c.scope.uids == (1000,) and c.snapshot_interval == 1.0
     assert c.with_overrides(dry_run=True, policy=None).dry_run is True
     assert c.with_overrides(policy="sed").policy == "sed"
@@ -42,6 +45,7 @@ def test_minimal_config_and_overrides():
         (SCOPE + "[daemon]\nsnapshot_interval = 0\n", r"daemon.snapshot_interval: must lie in \[0.005, 5.0\]"),
         (SCOPE + "[daemon]\nstate_file = 'rel/state.json'\n", "daemon.state_file: must be an absolute path"),
         (SCOPE + "[daemon]\nprobe = 'bcc'\n", "daemon.probe: must be one of auto, bpf, procfs"),
+        (SCOPE + "[daemon]\nprobe_mode = 'full'\n", "daemon.probe_mode: must be one of lite, exact, got 'full'"),
         (SCOPE + "[metrics]\naddress = 'localhost:80'\n", "metrics.address: host must be an IP address"),
         (SCOPE + "[metrics]\naddress = '127.0.0.1:99999'\n", "metrics.address: must be HOST:PORT"),
         ('[scope]\ncgroups = ["relative"]\n', "scope.cgroups: entries must be absolute cgroup paths"),

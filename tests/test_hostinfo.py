@@ -90,3 +90,17 @@ def test_mountinfo_lines_and_the_unified_root():
     mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
     expected = next((Path(f[1]) for f in mounts if f[2] == "cgroup2"), None)
     assert hostinfo.unified_root() == expected
+
+
+def test_busy_fractions_between_two_readings():
+    """Busy jiffies over all jiffies per CPU; a CPU without new jiffies reads 0 rather than dividing
+    by zero, and one missing from the first reading counts from zero."""
+    before = {0: (100, 1000), 1: (50, 500)}
+    after = {0: (150, 1100), 1: (50, 500), 2: (10, 20)}
+    assert hostinfo.busy_fractions(before, after) == {0: 0.5, 1: 0.0, 2: 0.5}
+
+
+def test_threads_runtime_ns_sums_every_live_thread():
+    own = sum(int(Path(f"/proc/self/task/{t}/schedstat").read_text().split()[0]) for t in os.listdir("/proc/self/task"))
+    assert 0 < own <= hostinfo.threads_runtime_ns(os.getpid())
+    assert hostinfo.threads_runtime_ns(2**22 + 1) is None

@@ -112,13 +112,13 @@ def own_runnable_ns() -> int:
 
 
 @pytest.mark.parametrize("n", [1, 3])
-def test_bpf_runq_counts_pinned_busy_loops(n):
-    """runq on CPU k = our n loops + whatever else runs there. A shared machine has other load,
+def test_bpf_exact_runq_counts_pinned_busy_loops(n):
+    """Exact mode: runq on CPU k = our n loops + whatever else runs there. A shared machine has other load,
     which the balancer moves around as ours arrives: it is counted independently by sampling /proc,
     so the tolerance of 1 task widens by that sample mean's uncertainty (three standard errors and
     5 %). On a quiet host that is nothing; the lower bound (our n loops) is always tight."""
     cpu = max(os.sched_getaffinity(0))
-    probe = open_probe("bpf", Scope())
+    probe = open_probe("bpf", Scope(), mode="exact")
     try:
         with busy_loops({cpu: n}) as loops, running_on(os.sched_getaffinity(0) - {cpu}):
             window(probe, 0.3)  # let them start
@@ -137,6 +137,27 @@ def test_bpf_runq_counts_pinned_busy_loops(n):
     assert next(c.util for c in loaded.cpus if c.cpu == cpu) > 0.95
 
 
+@pytest.mark.parametrize("n", [1, 3])
+def test_bpf_lite_runq_is_the_iterators_count_of_pinned_busy_loops(n):
+    """Lite mode: runq is the runnable tasks the iterator saw at the snapshot's instant, so each
+    snapshot reads our n loops plus whoever else was runnable there at that moment (never fewer:
+    the loops never sleep); the median of twenty is n on all but a busy shared machine."""
+    cpu = max(os.sched_getaffinity(0))
+    probe = open_probe("bpf", Scope())
+    try:
+        with busy_loops({cpu: n}), running_on(os.sched_getaffinity(0) - {cpu}):
+            window(probe, 0.3)  # let them start
+            readings = []
+            for _ in range(20):
+                loaded, _ = window(probe, 0.05)
+                readings.append(runq(loaded, cpu))
+    finally:
+        probe.close()
+    assert min(readings) >= n, readings
+    assert statistics.median(readings) <= n + 1, readings
+    assert next(c.util for c in loaded.cpus if c.cpu == cpu) > 0.9
+
+
 def _spawn_in(cgroup_dir: Path, argv=SHORT_WORK) -> subprocess.Popen:
     procs = str(cgroup_dir / "cgroup.procs")
 
@@ -147,9 +168,12 @@ def _spawn_in(cgroup_dir: Path, argv=SHORT_WORK) -> subprocess.Popen:
     return subprocess.Popen(argv, preexec_fn=enter)
 
 
-def test_bpf_scoped_arrivals_and_exits_match_kernel_cputime(cgroup):
+@pytest.mark.parametrize("mode", ["lite", "exact"])
+def test_bpf_scoped_arrivals_and_exits_match_kernel_cputime(cgroup, mode):
+    """Exact mode reads the exit's CPU time at the last switch, lite mode at sched_process_exit (a
+    tick and the exit path short at most): both within 10 % of the kernel's rusage."""
     m = 5
-    probe = open_probe("bpf", Scope(cgroup_ids=frozenset({os.stat(cgroup).st_ino})))
+    probe = open_probe("bpf", Scope(cgroup_ids=frozenset({os.stat(cgroup).st_ino})), mode=mode)
     try:
         children = [_spawn_in(cgroup, TIMED_WORK) for _ in range(m)]
         pids = {c.pid for c in children}
@@ -173,6 +197,94 @@ def test_bpf_scoped_arrivals_and_exits_match_kernel_cputime(cgroup):
         arrival = next(a for a in arrivals if a.pid == e.pid)
         assert arrival.ts_ns <= e.ts_ns and arrival.start_ns == e.start_ns
 
+
+@pytest.mark.parametrize("kind, mode", [("bpf", "lite"), ("bpf", "exact"), ("procfs", "lite")])
+def test_attained_grows_by_the_cpu_a_tracked_process_burns(cgroup, kind, mode):
+    """A busy loop in the scope, alone on a CPU: between two snapshots its attained CPU grows by
+    what the kernel says it ran (its schedstat, read next to each snapshot), within a tick or two
+    of a running task's not yet accounted time (BPF: the task iterator; procfs: the threads'
+    schedstat); a process out of scope is not in attained."""
+    cpu = max(os.sched_getaffinity(0))
+    probe = open_probe(kind, Scope(cgroup_ids=frozenset({os.stat(cgroup).st_ino})), mode=mode)
+    outsider = subprocess.Popen(BUSY)
+    busy = _spawn_in(cgroup, BUSY)
+    try:
+        with running_on(os.sched_getaffinity(0) - {cpu}):
+            os.sched_setaffinity(busy.pid, {cpu})
+            collect_until(probe, lambda ev: any(e.kind is EventKind.ARRIVAL for e in ev))
+            first, kernel_first = probe.snapshot(), schedstat_ns(busy.pid)
+            time.sleep(0.6)
+            second, kernel_second = probe.snapshot(), schedstat_ns(busy.pid)
+    finally:
+        for p in (busy, outsider):
+            p.kill()
+            p.wait()
+        probe.close()
+    burned = kernel_second - kernel_first
+    assert burned > 0.3e9
+    assert abs((second.attained[busy.pid] - first.attained[busy.pid]) - burned) <= 0.02e9 + 0.05 * burned
+    assert set(second.attained) == {busy.pid}
+
+
+def schedstat_ns(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+
+
+def attached_tracepoints() -> set[str]:
+    """What this process has attached, as the kernel reports its link fds: tracepoint names, and
+    ``iter:TARGET`` for iterators."""
+    names = set()
+    for fd in os.listdir("/proc/self/fdinfo"):
+        try:
+            info = dict(line.split(":\t", 1) for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines()
+                        if ":\t" in line)
+        except FileNotFoundError:  # the directory listing's own fd
+            continue
+        if "tp_name" in info:
+            names.add(info["tp_name"])
+        elif info.get("link_type") == "iter":
+            names.add(f"iter:{info['target_name']}")
+    return names
+
+
+@pytest.mark.parametrize("mode", ["lite", "exact"])
+def test_lite_mode_attaches_nothing_to_the_context_switch_path(mode):
+    from lbagent.live.probe.bpf import EXACT_PROGRAMS
+
+    lite = {"sched_process_fork", "sched_process_exec", "sched_process_exit", "iter:task"}
+    exact = {"sched_switch", "sched_wakeup", "sched_wakeup_new", "sched_migrate_task", "sched_process_exec",
+             "sched_process_exit", "iter:task"}
+    before = attached_tracepoints()
+    probe = open_probe("bpf", Scope(), mode=mode)
+    try:
+        kernel_view = attached_tracepoints()
+        assert not before & (lite | exact)
+        assert kernel_view == (lite if mode == "lite" else exact)
+        assert (EXACT_PROGRAMS & set(probe.attached)) == (set() if mode == "lite" else EXACT_PROGRAMS)
+    finally:
+        probe.close()
+    assert attached_tracepoints() == before
+
+
+def test_layout_check_refuses_a_mirror_that_differs_from_the_objects_btf():
+    """The real object's BTF against the loader's mirrors: all agree; a mirror with one field too
+    many, or a struct the object lacks, is refused with one line naming the struct and both sizes."""
+    import ctypes
+
+    from lbagent.live.probe.bpf import DEFAULT_OBJECT, MIRRORS, check_layouts
+    from lbagent.live.probe.libbpf import BpfObject, LibbpfError
+
+    class Stale(ctypes.Structure):
+        _fields_ = [*MIRRORS["lb_event"]._fields_, ("extra", ctypes.c_uint64)]
+
+    with BpfObject(DEFAULT_OBJECT) as obj:
+        check_layouts(obj)
+        with pytest.raises(LibbpfError, match=r"^struct lb_event of .*lbprobe.bpf.o is 72 bytes, the loader's mirror "
+                                              r"Stale is 80 bytes: object and loader out of date") as err:
+            check_layouts(obj, {**MIRRORS, "lb_event": Stale})
+        assert "\n" not in str(err.value)
+        with pytest.raises(LibbpfError, match=r"struct lb_gone of .* is absent from its BTF"):
+            check_layouts(obj, {"lb_gone": Stale})
 
 def _as_uid(uid: int):
     return lambda: os.setuid(uid)
@@ -231,7 +343,7 @@ def test_scope_cgroup_covers_its_subtree(kind, cgroup):
 
 
 def test_procfs_agrees_with_bpf_on_runq():
-    """Same workload, same window: within 1 task per CPU. The procfs probe leaves itself out (it is
+    """Same workload, same window, both means (the BPF probe in exact mode): within 1 task per CPU. The procfs probe leaves itself out (it is
     always running when it looks), the BPF probe counts this process while it scans: that share is
     measured from our own schedstat and taken off. A shared machine adds other people's bursts,
     which the procfs probe can only sample, a few times a second when the host has many threads:
@@ -240,7 +352,7 @@ def test_procfs_agrees_with_bpf_on_runq():
     cpus = sorted(os.sched_getaffinity(0))
     home = cpus[-1]
     placement = {cpus[0]: 2, cpus[-1]: 1} if len(cpus) > 1 else {cpus[0]: 2}
-    bpf, procfs = open_probe("bpf", Scope()), ProcfsProbe(Scope(), sample_interval=0.05, max_scan_share=1.0)
+    bpf, procfs = open_probe("bpf", Scope(), mode="exact"), ProcfsProbe(Scope(), sample_interval=0.05, max_scan_share=1.0)
     try:
         with busy_loops(placement), running_on({home}):
             window(procfs, 0.2)  # let the loops start
@@ -297,9 +409,11 @@ def test_probe_close_is_idempotent_and_detaches():
         probe.poll(0)
 
 
-def test_cli_probe_json_lines():
+@pytest.mark.parametrize("mode", ["lite", "exact"])
+def test_cli_probe_json_lines(mode):
     out = subprocess.run(
-        [sys.executable, "-m", "lbagent.cli", "probe", "--interval", "0.2", "--duration", "0.6", "--json", "--probe", "bpf"],
+        [sys.executable, "-m", "lbagent.cli", "probe", "--interval", "0.2", "--duration", "0.6", "--json", "--probe", "bpf",
+         "--mode", mode],
         capture_output=True, text=True, timeout=30, check=True,
     ).stdout.splitlines()
     lines = [json.loads(line) for line in out]
@@ -377,11 +491,17 @@ def test_bench_probe_machinery_counts_exactly():
     """Not a speed test: the storm's accounting is exact and the pipe runs parse (figures > 0)."""
     from lbagent.bench.probe import fork_storm, pipe_overhead
 
-    storm = fork_storm("bpf", tasks=400, parallel=2)
-    assert storm.expected == 402 and storm.arrivals == storm.exits == 402 and storm.lost == 0
-    pipe = pipe_overhead("bpf", rounds=1, loops=2000)
-    assert pipe.probe == "bpf" and len(pipe.wall_us_with) == len(pipe.cpu_us_without) == 1
-    assert min(pipe.wall_us_without + pipe.wall_us_with + pipe.cpu_us_without + pipe.cpu_us_with) > 0
+    for mode in ("lite", "exact"):
+        storm = fork_storm("bpf", tasks=400, parallel=2, mode=mode)
+        assert storm.expected == 402 and storm.arrivals == storm.exits == 402 and storm.lost == 0, (mode, storm)
+    pipe = pipe_overhead(rounds=2, loops=2000)
+    assert set(pipe.runs) == {"none", "lite", "exact"} and all(len(runs) == 2 for runs in pipe.runs.values())
+    assert min(r.wall_us for runs in pipe.runs.values() for r in runs) > 0
+    assert min(r.cpu_us for runs in pipe.runs.values() for r in runs) > 0
+    report = pipe.to_json()
+    for mode in ("lite", "exact"):
+        assert set(report[mode]) >= {"cpu_overhead", "wall_overhead"}
+        assert report[mode]["cpu_overhead"] == pytest.approx(pipe.overhead(mode, "cpu_us")) and -1 < report[mode]["wall_overhead"]
 
 
 def test_verifier_rejection_is_reported_by_its_reason(tmp_path):

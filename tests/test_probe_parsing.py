@@ -6,15 +6,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from lbagent.hostinfo import NS_PER_TICK, parse_cpulist, parse_stat, state_and_cpu
-from lbagent.live.probe.bpf import COMM_LEN, DEFAULT_OBJECT, _Config, _Cpu, _Event, _Shared, comm_key
+from lbagent.live.probe.bpf import COMM_LEN, DEFAULT_OBJECT, MIRRORS, comm_key
 
 
 def _stat(comm: str, state: str = "R", cpu: int = 3) -> str:
@@ -107,25 +104,8 @@ def btf_layout():
 
 
 @pytest.mark.kernel  # needs the built object and libbpf: CI must not skip it
-@pytest.mark.parametrize("struct, mirror", [("lb_config", _Config), ("lb_cpu", _Cpu), ("lb_shared", _Shared)])
+@pytest.mark.parametrize("struct, mirror", sorted(MIRRORS.items()))
 def test_loader_mirrors_match_the_objects_btf(btf_layout, struct, mirror):
-    """Every member at the C offset, not only the total: a swapped pair keeps the size and the
-    loader's .rodata/.bss size check at open, but would read one counter as the other."""
+    """Every member at the C offset, not only the total: a swapped pair keeps the size the loader
+    checks at open (``check_layouts``), but would read one counter as the other."""
     assert _mirror(mirror) == btf_layout(struct)
-
-
-@pytest.mark.kernel  # needs the built object: CI must not skip it
-def test_event_mirror_matches_the_objects_debug_info():
-    """lb_event only types a local in emit(), so clang leaves it out of BTF: its layout comes from
-    the object's DWARF (built with -g). Each ring-buffer record is read through this mirror."""
-    obj = _built_object()
-    dwarfdump = shutil.which("llvm-dwarfdump")
-    if dwarfdump is None:
-        pytest.skip("no llvm-dwarfdump (package llvm)")
-    out = subprocess.run([dwarfdump, "--name=lb_event", "--show-children", str(obj)],
-                         capture_output=True, text=True, check=True).stdout
-    size = re.search(r"DW_AT_byte_size\s+\((0x[0-9a-f]+)\)", out)
-    assert size, f"struct lb_event is not in the debug info of {obj}"
-    members = re.findall(r'DW_TAG_member\s+DW_AT_name\s+\("(\w+)"\).*?DW_AT_data_member_location\s+\((0x[0-9a-f]+)\)',
-                         out, re.S)
-    assert _mirror(_Event) == (int(size[1], 16), [(name, int(offset, 16)) for name, offset in members])

@@ -52,48 +52,55 @@ def bench_train(preset: str, seconds: float, as_json: bool) -> None:
 
 
 @bench.command("probe")
-@click.option("--probe", "kind", default="bpf", show_default=True, type=PROBE_CHOICE)
-@click.option("--rounds", default=7, show_default=True, type=click.IntRange(1), help="Alternating pipe runs per side.")
+@click.option("--probe", "kind", default="bpf", show_default=True, type=PROBE_CHOICE,
+              help="The probe the fork storm runs (bpf: once per mode). The pipe always compares no probe, lite, exact.")
+@click.option("--rounds", default=7, show_default=True, type=click.IntRange(1), help="Rounds of pipe runs (one per configuration).")
 @click.option("--loops", default=50_000, show_default=True, type=click.IntRange(1000), help="Messages per pipe run.")
 @click.option("--storm-tasks", default=10_000, show_default=True, type=click.IntRange(0), help="Fork storm size (0: skip).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench_probe(kind: str, rounds: int, loops: int, storm_tasks: int, as_json: bool) -> None:
-    """Probe overhead on a context-switch-heavy workload, and event loss in a fork storm.
+    """Probe overhead on a context-switch-heavy workload (no probe, lite, exact), and event loss in
+    a fork storm.
+
+    With --json: {"lite": {"cpu_overhead", "wall_overhead", ...}, "exact": {...}, "none": {...},
+    "rounds", "loops", "reruns", "storm": {MODE: {...}}}, overheads as fractions (0.01 = 1 %).
 
     \b
     Example:
-      lbagent bench probe --rounds 7 --loops 50000 --storm-tasks 10000
+      sudo lbagent bench probe --rounds 7 --loops 50000 --storm-tasks 10000 --json
     """
     import json
-    import statistics
 
     from rich.console import Console
     from rich.table import Table
 
-    from lbagent.bench.probe import fork_storm, pipe_overhead
+    from lbagent.bench.probe import NO_PROBE, fork_storm, pipe_overhead
+    from lbagent.live.config import PROBE_MODES
 
     setup_logging()
-    pipe = pipe_overhead(kind, rounds, loops)
-    storm = fork_storm(kind, storm_tasks) if storm_tasks else None
+    pipe = pipe_overhead(rounds, loops)
+    modes = PROBE_MODES if kind == "bpf" else ("lite",)
+    storms = [fork_storm(kind, storm_tasks, mode=mode) for mode in modes] if storm_tasks else []
     if as_json:
-        click.echo(json.dumps({"pipe": pipe.to_json(), "storm": storm.to_json() if storm else None}))
+        click.echo(json.dumps({**pipe.to_json(), "storm": {s.mode if s.probe == "bpf" else s.probe: s.to_json() for s in storms}}))
         return
-    table = Table(title=f"perf bench sched pipe on one CPU, {rounds} alternating pairs of {loops} messages")
-    for column in ("probe", "measure", "median without", "median with", "slowdown (median pair ratio)"):
+    table = Table(title=f"perf bench sched pipe on one CPU, {rounds} rounds of {loops} messages, "
+                        f"{pipe.reruns} disturbed runs rerun")
+    for column in ("probe", "median wall us/msg", "median CPU us/msg", "wall overhead", "CPU overhead"):
         table.add_column(column, justify="right")
-    for measure, without, with_probe, slowdown in (
-        ("wall us/msg", pipe.wall_us_without, pipe.wall_us_with, pipe.wall_slowdown_pct),
-        ("CPU us/msg", pipe.cpu_us_without, pipe.cpu_us_with, pipe.cpu_slowdown_pct),
-    ):
-        table.add_row(pipe.probe, measure, f"{statistics.median(without):.3f}", f"{statistics.median(with_probe):.3f}",
-                      f"{slowdown:+.2f}%")
+    for config in pipe.runs:
+        medians = pipe.medians(config)
+        overheads = ("", "") if config == NO_PROBE else (
+            f"{pipe.overhead(config, 'wall_us'):+.2%}", f"{pipe.overhead(config, 'cpu_us'):+.2%}")
+        table.add_row(config, f"{medians['wall_us']:.3f}", f"{medians['cpu_us']:.3f}", *overheads)
     Console().print(table)
-    if storm:
+    if storms:
         table = Table(title="fork storm (tasks in scope by command name)")
-        for column in ("probe", "tasks", "tasks/s", "arrivals seen", "exits seen", "lost"):
+        for column in ("probe", "mode", "tasks", "tasks/s", "arrivals seen", "exits seen", "lost"):
             table.add_column(column, justify="right")
-        table.add_row(storm.probe, str(storm.expected), f"{storm.rate:.0f}", str(storm.arrivals), str(storm.exits),
-                      str(storm.lost))
+        for storm in storms:
+            table.add_row(storm.probe, storm.mode, str(storm.expected), f"{storm.rate:.0f}", str(storm.arrivals),
+                          str(storm.exits), str(storm.lost))
         Console().print(table)
 
 

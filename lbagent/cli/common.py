@@ -9,9 +9,14 @@ from pathlib import Path
 import click
 
 from lbagent.errors import UserError
-from lbagent.live.config import PROBES
+from lbagent.live.config import PROBE_MODES, PROBES
 
 PROBE_CHOICE = click.Choice(PROBES)
+PROBE_MODE_OPTION = click.option(
+    "--mode", "mode", default="lite", show_default=True, type=click.Choice(PROBE_MODES),
+    help="BPF probe mode: lite (nothing on the context-switch path, run queues sampled at each window's end) "
+         "or exact (run-queue integrals from sched_switch/wakeup, costs more). The procfs probe ignores it.",
+)
 
 
 class Group(click.Group):

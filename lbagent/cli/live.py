@@ -6,17 +6,17 @@ import sys
 
 import click
 
-from lbagent.cli.common import PROBE_CHOICE, setup_logging
+from lbagent.cli.common import PROBE_CHOICE, PROBE_MODE_OPTION, setup_logging
 from lbagent.errors import UserError
 from lbagent.policy.specs import SPEC_HELP
 
 
-def _open_probe(kind: str, scope=None):
+def _open_probe(kind: str, mode: str, scope=None):
     """A probe; ProbeUnavailable (a UserError) becomes one line and exit code 2."""
     from lbagent.live.probe import open_probe
 
     setup_logging()
-    return open_probe(kind, scope)
+    return open_probe(kind, scope, mode=mode)
 
 
 def _probe_table(snapshot, t: float, kind: str):
@@ -59,11 +59,13 @@ def _scope(directories: tuple[str, ...], comms: tuple[str, ...], uids: tuple[int
 @click.option("--duration", default=None, type=click.FloatRange(min=0), help="Stop after S seconds (default: Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per window on stdout.")
 @click.option("--probe", "kind", default="auto", show_default=True, type=PROBE_CHOICE)
-def probe(interval: float, duration: float | None, as_json: bool, kind: str) -> None:
-    """Watch the scheduler per CPU: mean run-queue length, utilization and new tasks per window.
+@PROBE_MODE_OPTION
+def probe(interval: float, duration: float | None, as_json: bool, kind: str, mode: str) -> None:
+    """Watch the scheduler per CPU: run-queue length, utilization and new tasks per window.
 
     With --json each line is {"t", "probe", "cpus": [{"cpu", "runq", "util", "arrivals"}], "lost"}
-    where runq is the window's mean number of runnable tasks and arrivals the window's new tasks.
+    where runq is the number of runnable tasks (the window's mean with --mode exact or the procfs
+    probe; at the window's end with --mode lite) and arrivals the window's new tasks.
 
     \b
     Example:
@@ -74,7 +76,7 @@ def probe(interval: float, duration: float | None, as_json: bool, kind: str) -> 
 
     from lbagent.live.probe.stream import snapshot_record, windows
 
-    p = _open_probe(kind)
+    p = _open_probe(kind, mode)
     start = time.monotonic()
     try:
         if as_json:
@@ -97,11 +99,12 @@ def probe(interval: float, duration: float | None, as_json: bool, kind: str) -> 
 @click.option("--duration", type=click.FloatRange(min=0.01), help="Seconds to record from the live probe.")
 @click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(min=0.01), help="Sample window, s.")
 @click.option("--probe", "kind", default="auto", show_default=True, type=PROBE_CHOICE)
+@PROBE_MODE_OPTION
 @click.option("--scope-cgroup", multiple=True, type=click.Path(exists=True, file_okay=False), help="cgroup v2 directory in scope (repeatable).")
 @click.option("--scope-comm", multiple=True, help="Command name in scope (repeatable).")
 @click.option("--scope-uid", multiple=True, type=click.IntRange(min=0), help="User id in scope (repeatable).")
 @click.option("--from-perf", type=click.Path(exists=True, dir_okay=False), help="Import `perf script` output (or a perf.data) instead.")
-def record(output, duration, interval, kind, scope_cgroup, scope_comm, scope_uid, from_perf) -> None:
+def record(output, duration, interval, kind, mode, scope_cgroup, scope_comm, scope_uid, from_perf) -> None:
     """Record a host trace (arrivals, exits with CPU time, per-CPU samples) for `lbagent replay`.
 
     \b
@@ -120,7 +123,7 @@ def record(output, duration, interval, kind, scope_cgroup, scope_comm, scope_uid
         return
     if duration is None:
         raise UserError("record needs --duration S (or --from-perf FILE)")
-    p = _open_probe(kind, _scope(scope_cgroup, scope_comm, scope_uid))
+    p = _open_probe(kind, mode, _scope(scope_cgroup, scope_comm, scope_uid))
     try:
         events, samples = trace.record(p, output, duration, interval)
         lost = p.lost()

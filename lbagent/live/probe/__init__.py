@@ -13,7 +13,8 @@ What both report, the same way:
   boot clock, i.e. ``/proc/PID/stat`` field 22 times ``1e9 / CLK_TCK`` (exact in ticks on procfs,
   in ns on BPF): compare ``start_ns // (1e9 / CLK_TCK)`` to field 22 to tell a reused PID.
 - ``Snapshot`` covers the window since the previous call; ``CpuSample.arrivals`` counts every new
-  task (threads too) woken on that CPU, in or out of scope.
+  task (threads too) woken on that CPU (BPF lite mode: forked there), in or out of scope;
+  ``Snapshot.attained`` is the CPU time so far of every process that arrived and is alive.
 
 Call ``poll`` often from one thread: the procfs probe also takes its run-queue samples there.
 """
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from lbagent.errors import UserError
-from lbagent.live.config import PROBES
+from lbagent.live.config import PROBE_MODES, PROBES
 from lbagent.live.probe.types import Scope, Snapshot, TaskEvent
 
 BTF_VMLINUX = Path("/sys/kernel/btf/vmlinux")
@@ -70,7 +71,7 @@ def bpf_unavailable_reason(obj_path: Path | None = None) -> str | None:
     return None
 
 
-def _open_bpf(scope: Scope, obj_path: Path | None, ring_bytes: int | None) -> Probe:
+def _open_bpf(scope: Scope, obj_path: Path | None, ring_bytes: int | None, mode: str) -> Probe:
     from lbagent.live.probe.bpf import BpfProbe
     from lbagent.live.probe.libbpf import LibbpfError
 
@@ -78,7 +79,7 @@ def _open_bpf(scope: Scope, obj_path: Path | None, ring_bytes: int | None) -> Pr
     if reason:
         raise ProbeUnavailable(f"bpf probe unavailable: {reason}")
     try:
-        return BpfProbe(scope, obj_path, **({"ring_bytes": ring_bytes} if ring_bytes else {}))
+        return BpfProbe(scope, obj_path, **({"ring_bytes": ring_bytes} if ring_bytes else {}), mode=mode)
     except LibbpfError as exc:
         raise ProbeUnavailable(f"bpf probe unavailable: load failed: {exc}") from None
 
@@ -95,22 +96,27 @@ def _open_procfs(scope: Scope) -> Probe:
 
 
 def open_probe(
-    kind: str = "auto", scope: Scope | None = None, obj_path: Path | None = None, ring_bytes: int | None = None
+    kind: str = "auto", scope: Scope | None = None, obj_path: Path | None = None, ring_bytes: int | None = None,
+    mode: str = "lite",
 ) -> Probe:
     """Open a probe. ``auto`` tries CO-RE first and falls back to procfs, logging which and why.
 
-    ``ring_bytes`` sizes the BPF probe's event ring (a power of two, at least a page)."""
+    ``ring_bytes`` sizes the BPF probe's event ring (a power of two, at least a page); ``mode`` is
+    the BPF probe's (:data:`PROBE_MODES`: ``lite`` keeps off the context-switch path), which the
+    procfs probe ignores."""
     scope = scope or Scope()
+    if mode not in PROBE_MODES:
+        raise ValueError(f"unknown probe mode {mode!r} (one of {', '.join(PROBE_MODES)})")
     if kind == "bpf":
-        return _open_bpf(scope, obj_path, ring_bytes)
+        return _open_bpf(scope, obj_path, ring_bytes, mode)
     if kind == "procfs":
         return _open_procfs(scope)
     if kind != "auto":
         raise ValueError(f"unknown probe kind {kind!r} (one of {', '.join(PROBES)})")
     try:
-        probe = _open_bpf(scope, obj_path, ring_bytes)
+        probe = _open_bpf(scope, obj_path, ring_bytes, mode)
     except ProbeUnavailable as exc:
         log.warning("%s; falling back to the procfs probe", exc)
         return _open_procfs(scope)
-    log.info("using the bpf probe (CO-RE, kernel BTF present)")
+    log.info("using the bpf probe (CO-RE, kernel BTF present, %s mode)", mode)
     return probe

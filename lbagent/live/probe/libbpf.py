@@ -24,6 +24,7 @@ SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, cty
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
+BTF_KIND_STRUCT = 4
 
 
 class LibbpfError(OSError):
@@ -101,7 +102,14 @@ def library() -> ctypes.CDLL:
     _signature(lib, "bpf_map__set_initial_value", c_int, _void_p, _void_p, c_size)
     _signature(lib, "bpf_program__name", ctypes.c_char_p, _void_p)
     _signature(lib, "bpf_program__attach", _void_p, _void_p)
+    _signature(lib, "bpf_program__autoload", ctypes.c_bool, _void_p)
+    _signature(lib, "bpf_program__set_autoload", c_int, _void_p, ctypes.c_bool)
     _signature(lib, "bpf_link__destroy", c_int, _void_p)
+    _signature(lib, "bpf_link__fd", c_int, _void_p)
+    _signature(lib, "bpf_iter_create", c_int, c_int)
+    _signature(lib, "bpf_object__btf", _void_p, _void_p)
+    _signature(lib, "btf__find_by_name_kind", ctypes.c_int32, _void_p, ctypes.c_char_p, ctypes.c_uint32)
+    _signature(lib, "btf__resolve_size", ctypes.c_int64, _void_p, ctypes.c_uint32)
     _signature(lib, "bpf_map_update_elem", c_int, c_int, _void_p, _void_p, ctypes.c_uint64)
     _signature(lib, "bpf_map_lookup_elem", c_int, c_int, _void_p, _void_p)
     _signature(lib, "ring_buffer__new", _void_p, c_int, SAMPLE_FN, _void_p, _void_p)
@@ -189,7 +197,8 @@ class BpfObject:
         self._obj: int | None = _check_ptr(
             f"bpf_object__open_file({self.path})", lib.bpf_object__open_file(self.path.encode(), None)
         )
-        self._links: list[int] = []
+        self._links: dict[str, int] = {}
+        """Program name -> its link, in attach order."""
 
     def __enter__(self) -> BpfObject:
         return self
@@ -218,27 +227,66 @@ class BpfObject:
                 return found
         raise LibbpfError(f"map {name!r} in {self.path}", errno_mod.ENOENT)
 
+    def struct_size(self, name: str) -> int | None:
+        """The size of ``struct name`` in the object's own BTF (as compiled), None when absent."""
+        lib = library()
+        btf = lib.bpf_object__btf(self._handle())
+        if not btf:
+            return None
+        type_id = lib.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_STRUCT)
+        if type_id < 0:
+            return None
+        return _check_rc(f"btf__resolve_size({name})", lib.btf__resolve_size(btf, type_id))
+
+    def _program(self, name: str) -> int:
+        lib = library()
+        for prog in self._iterate(lib.bpf_object__next_program):
+            if lib.bpf_program__name(prog).decode() == name:
+                return prog
+        raise LibbpfError(f"program {name!r} in {self.path}", errno_mod.ENOENT)
+
+    def set_autoload(self, name: str, autoload: bool) -> None:
+        """Only before load: a program left out is neither loaded (nor verified) nor attached."""
+        rc = library().bpf_program__set_autoload(self._program(name), autoload)
+        _check_rc(f"bpf_program__set_autoload({name})", rc)
+
     def load(self) -> None:
         _check_rc(f"bpf_object__load({os.path.basename(self.path)})", library().bpf_object__load(self._handle()))
 
     def attach_all(self) -> list[str]:
-        """Attach every program by its SEC() name; on any failure detach what was attached."""
+        """Attach every loaded program by its SEC() name (an ``iter/`` one becomes an iterator link,
+        see :meth:`iterate`); on any failure detach what was attached. Returns the names attached."""
         lib = library()
-        names = []
         try:
             for prog in self._iterate(lib.bpf_object__next_program):
+                if not lib.bpf_program__autoload(prog):
+                    continue
                 name = lib.bpf_program__name(prog).decode()
-                self._links.append(_check_ptr(f"bpf_program__attach({name})", lib.bpf_program__attach(prog)))
-                names.append(name)
+                self._links[name] = _check_ptr(f"bpf_program__attach({name})", lib.bpf_program__attach(prog))
         except LibbpfError:
             self.detach()
             raise
-        return names
+        return list(self._links)
+
+    def iterate(self, name: str) -> bytes:
+        """Run the attached iterator program ``name`` once: everything it wrote, read to EOF."""
+        lib = library()
+        link = self._links.get(name)
+        if link is None:
+            raise LibbpfError(f"iterator {name!r} of {self.path} is not attached", errno_mod.ENOENT)
+        fd = _check_rc(f"bpf_iter_create({name})", lib.bpf_iter_create(_check_rc("bpf_link__fd", lib.bpf_link__fd(link))))
+        chunks = []
+        try:
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        return b"".join(chunks)
 
     def detach(self) -> None:
         lib = library()
         while self._links:
-            lib.bpf_link__destroy(self._links.pop())
+            lib.bpf_link__destroy(self._links.popitem()[1])
 
     def close(self) -> None:
         if self._obj is None:

@@ -7,7 +7,9 @@ BPF probe's exact integral. Busy time comes from ``/proc/stat``. Forks, execs an
 the kernel's proc connector (pyroute2 decodes it); we own the netlink socket so that ``select``
 sees every queued datagram (pyroute2's own socket buffers them in an event loop the fd never shows).
 CPU time at exit comes from taskstats (:mod:`lbagent.live.probe.taskstats`), else from the zombie's
-``/proc/PID/stat`` when we are faster than its parent, else 0.
+``/proc/PID/stat`` when we are faster than its parent, else 0. Attained CPU of the processes that
+arrived is read at each snapshot from their threads' ``schedstat``: one read per thread of a managed
+process, nothing for the rest of the host.
 """
 
 from __future__ import annotations
@@ -35,10 +37,13 @@ from lbagent.hostinfo import (
     PF_KTHREAD,
     PROC,
     TaskInfo,
+    busy_fractions,
+    cpu_times,
     online_cpus,
     read_task,
     read_uid,
     state_and_cpu,
+    threads_runtime_ns,
     unified_root,
 )
 from lbagent.live import cgroups
@@ -74,18 +79,6 @@ def runnable_per_cpu(exclude: Collection[int] = ()) -> Counter[int]:
             if found is not None and found[0] == b"R":
                 counts[found[1]] += 1
     return counts
-
-
-def cpu_times() -> dict[int, tuple[int, int]]:
-    """Per CPU (busy, total) jiffies from /proc/stat; iowait counts as idle."""
-    times = {}
-    for line in (PROC / "stat").read_text().splitlines():
-        if line.startswith("cpu") and line[3].isdigit():
-            name, *values = line.split()
-            user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in values[:8])
-            busy = user + nice + system + irq + softirq + steal
-            times[int(name[3:])] = (busy, busy + idle + iowait)
-    return times
 
 
 class ProcConnector(MulticastListener):
@@ -243,16 +236,25 @@ class ProcfsProbe:
         samples, self._samples = self._samples, []
         self.last_samples = samples
         arrivals, self._arrivals = self._arrivals, Counter()
-        cpus = []
-        for cpu in self.cpus:
-            busy, total = times.get(cpu, (0, 0))
-            p_busy, p_total = self._prev_times.get(cpu, (0, 0))
-            util = (busy - p_busy) / (total - p_total) if total > p_total else 0.0
-            runq = sum(s[cpu] for s in samples) / len(samples)
-            cpus.append(CpuSample(cpu=cpu, runq=runq, util=min(1.0, max(0.0, util)), arrivals=arrivals[cpu]))
+        util = busy_fractions(self._prev_times, times)
+        cpus = tuple(
+            CpuSample(cpu=cpu, runq=sum(s[cpu] for s in samples) / len(samples), util=util.get(cpu, 0.0),
+                      arrivals=arrivals[cpu])
+            for cpu in self.cpus
+        )
         window = max(1, now - self._prev_t)
         self._prev_t, self._prev_times = now, times
-        return Snapshot(t_ns=now, window_ns=window, cpus=tuple(cpus), lost=self.lost())
+        return Snapshot(t_ns=now, window_ns=window, cpus=cpus, lost=self.lost(), attained=self._attained())
+
+    def _attained(self) -> dict[int, int]:
+        """CPU time of each arrived, live process, summed over its live threads (an exited thread's
+        time is no longer in /proc: a multithreaded process can read a little short)."""
+        attained = {}
+        for tgid in self._tracked:
+            runtime = threads_runtime_ns(tgid)
+            if runtime is not None:
+                attained[tgid] = runtime
+        return attained
 
     def lost(self) -> int:
         """Connector and taskstats overruns, plus tasks gone before their scope could be judged."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -41,11 +41,14 @@ class TaskEvent:
 class CpuSample:
     cpu: int
     runq: float
-    """Mean number of runnable tasks (running + queued) on the CPU over the window."""
+    """Runnable tasks (running + queued) on the CPU: the window's mean (BPF exact mode: an exact
+    time integral; procfs: a mean of scans), or in BPF lite mode the count at the snapshot's instant
+    (a sample, so it is noisier over short windows than a mean)."""
     util: float
     """Busy fraction of the window, in [0, 1]."""
     arrivals: int
-    """Tasks that arrived on the CPU (new tasks woken there) during the window."""
+    """Tasks that arrived on the CPU during the window: new tasks woken there (BPF lite mode: forked
+    there, since their own CPU is chosen just after the fork tracepoint)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,9 @@ class Snapshot:
     cpus: tuple[CpuSample, ...]
     lost: int = 0
     """Events dropped since the probe started (ring buffer full): never silent."""
+    attained: Mapping[int, int] = field(default_factory=dict)
+    """tgid -> CPU time in ns (all its threads) of every process that arrived and is still alive,
+    at the snapshot: what review decisions compare with their milestones."""
 
 
 @dataclass(frozen=True)
