@@ -33,7 +33,7 @@ import numpy as np
 from lbagent import hostinfo
 from lbagent.bench import taskgen
 from lbagent.bench.alone import MAX_ELSEWHERE, Disturbance
-from lbagent.bench.interactive import InteractiveLoops
+from lbagent.bench.interactive import BURST, SLEEP, InteractiveLoops
 from lbagent.errors import UserError
 from lbagent.live import share
 
@@ -46,7 +46,9 @@ BEST_PLACEMENT = "jsq"
 2.748 s against the kernel's 2.777 s; placement has no measured headroom on these hosts)."""
 DEMOTION = "las:30ms"
 CPU_LOAD = 0.85
+"""Of the CPUs, the whole workload's: the build's tasks and the interactive loops together."""
 INTERACTIVE_LOOPS = 2
+MAX_WORK = 1.0
 MAX_RETRIES = 2
 PHASES = (
     (taskgen.Command("demo-cc", 0.70, 0.008), taskgen.Command("demo-ld", 0.10, 0.060), taskgen.Command("demo-test", 0.20, 0.020)),
@@ -271,10 +273,12 @@ def main(seconds: float, seed: int, repeats: int = 3, placement: str = BEST_PLAC
         raise UserError("the demo places real tasks and makes cgroups: run it as root (sudo make demo)")
     console = Console()
     cpus = len(hostinfo.online_cpus())
-    tasks = taskgen.make_build(seed, seconds, CPU_LOAD, cpus, PHASES)
+    build_load = CPU_LOAD - INTERACTIVE_LOOPS * BURST / (BURST + SLEEP) / cpus
+    tasks = taskgen.scaled_to(taskgen.make_build(seed, seconds, build_load, cpus, PHASES, max_work=MAX_WORK),
+                              build_load * cpus * seconds, MAX_WORK)
     console.print(f"workload: {len(tasks)} tasks of {', '.join(c.name for c in PHASES[0])} over {seconds:g} s (seed {seed}), "
                   f"{sum(t.work for t in tasks):.1f} CPU-s on {cpus} CPUs, the mix shifting at {seconds / 2:g} s; "
-                  f"{INTERACTIVE_LOOPS} interactive loops (1 ms CPU / 3 ms sleep) beside it")
+                  f"{INTERACTIVE_LOOPS} interactive loops (1 ms CPU / 3 ms sleep) beside it: {CPU_LOAD:.0%} of the CPUs in all")
     rows = plan(placement, learned)
     for row in rows:
         why_not = learned_available(row.policy) if row.policy not in ("kernel", placement, DEMOTION) else None

@@ -303,10 +303,10 @@ class Daemon:
 
         try:
             probe = open_probe(config.probe, scope, Path(config.bpf_object) if config.bpf_object else None,
-                               config.ring_buffer_bytes)
+                               config.ring_buffer_bytes, mode=config.probe_mode)
         except ProbeUnavailable as e:
             raise UserError(str(e)) from None
-        _info("probe open", probe=probe.kind, scope=str(config.scope))
+        _info("probe open", probe=probe.kind, mode=config.probe_mode, scope=str(config.scope))
         return probe
 
     def _open_classes(self, config: Config, state: StateFile) -> ShareClasses | None:
@@ -373,7 +373,7 @@ class Daemon:
             classes = self.classes
             m.gauge("lbagent_share_moves_total", lambda: {(("class", c), ("outcome", o)): float(n)
                                                           for (c, o), n in list(classes.outcomes.items())})
-        m.gauge("lbagent_info", lambda: {(("policy", self.config.policy), ("probe", self.probe.kind),
+        m.gauge("lbagent_info", lambda: {(("policy", self.config.policy), ("probe", self.probe.kind), ("probe_mode", self.config.probe_mode),
                                            ("mode", self.config.mode), ("dry_run", str(self.config.dry_run).lower()),
                                            ("share", self.classes.controller.describe() if self.classes else "off")): 1.0})
 
@@ -406,6 +406,7 @@ class Daemon:
         if now >= self.next_snapshot:
             self.snap = self.probe.snapshot()
             self.next_snapshot = now + self.config.snapshot_interval
+            self.review_snapshot()
         if now >= self.next_prune:
             self.prune()
             self.next_prune = now + PRUNE_INTERVAL
@@ -522,6 +523,17 @@ class Daemon:
             task.read_ns, task.attained_ns = now, attained
             self.reviews.watch(tgid, now, attained, task.reviews, share_of_cpu)
 
+    def review_snapshot(self) -> None:
+        """The probe's snapshot carries every managed task's attained time (all threads): a task the
+        schedule would read too late (it runs on more than one CPU) is reviewed from it."""
+        if not self.reviews.max_reviews:
+            return
+        for tgid, attained in self.snap.attained.items():
+            task = self.live.get(tgid)
+            if task is not None and (earned := self.reviews.crossed(attained, task.reviews)) > task.reviews:
+                task.reviews = earned
+                self.review(task, attained, self.snap.t_ns)
+
     def review(self, task: LiveTask, attained_ns: int, now_ns: int) -> None:
         """A REVIEW: the policy may change the task's class (its slot part must be KERNEL: keep it)."""
         found = state_and_cpu(f"/proc/{task.tgid}/stat")
@@ -569,7 +581,7 @@ class Daemon:
         going_live = False
         try:
             new = load_config(self.config_path).with_overrides(**self.overrides) if self.config_path else self.config
-            fixed = [k for k in ("mode", "state_file", "probe", "bpf_object", "ring_buffer_bytes", "metrics_address",
+            fixed = [k for k in ("mode", "state_file", "probe", "probe_mode", "bpf_object", "ring_buffer_bytes", "metrics_address",
                                  "metrics_enabled", "share", "review_m0", "max_reviews")
                      if getattr(new, k) != getattr(self.config, k)]
             if fixed:
