@@ -155,7 +155,7 @@ def test_policy_that_always_asks_never_touches_out_of_scope_tasks(scope):
         assert len(policy.rewards) >= 4 and all(r <= 0 for r in policy.rewards)
         status = subprocess.run([sys.executable, "-m", "lbagent.cli", "status", "--address", address],
                                 capture_output=True, text=True, timeout=20)
-        assert "decisions: slot1 6" in status.stdout and "out_of_scope 1" in status.stdout, status.stdout
+        assert "slot1 6" in status.stdout and "arrival 6" in status.stdout and "out_of_scope 1" in status.stdout, status.stdout
     finally:
         daemon.shutdown()
         stop(outsider)
@@ -357,15 +357,17 @@ def test_works_with_only_the_units_capabilities_and_memory_deny_write_execute(sc
 
 @pytest.mark.kernel
 @pytest.mark.slow
-def test_demo_runs_the_same_workload_under_three_policies(tmp_path):
+def test_demo_runs_the_same_workload_under_every_row_and_leaves_nothing(tmp_path):
     from lbagent.bench import demo
 
     learned = tmp_path / "kernel.policy"
     write_policy(learned, favourite=spaces.KERNEL)
-    rows = demo.main(seconds=1.5, seed=11, heuristic="round_robin", learned=str(learned),
-                     json_path=str(tmp_path / "demo.json"))
-    assert [r.name for r in rows] == ["kernel alone", "heuristic (round_robin)", f"learned ({learned})"]
-    assert len({r.tasks for r in rows}) == 1 and rows[0].tasks > 0
-    assert all(0 < r.mean <= r.p99 for r in rows)
-    assert json.loads((tmp_path / "demo.json").read_text())[1]["name"] == "heuristic (round_robin)"
+    report = demo.main(seconds=3, seed=11, repeats=1, placement="round_robin", learned=str(learned),
+                       json_path=str(tmp_path / "demo.json"))
+    rows = report["rows"]
+    assert [r["policy"] for r in rows] == ["kernel", "round_robin", "las:30ms", str(learned)]
+    assert len({r["tasks"] for r in rows}) == 1 and rows[0]["tasks"] > 0
+    assert all(0 < r["mean"] <= r["p99"] and r["interactive_p99"] > 0.001 for r in rows)
+    assert report["leftovers"] == 0 and report["repeats"] == 1
+    assert json.loads((tmp_path / "demo.json").read_text())["rows"][2]["policy"] == "las:30ms"
     assert not (hostinfo.unified_root() / demo.DEMO_CGROUP).exists()

@@ -202,14 +202,14 @@ class Run:
     leftovers: list[str]
 
 
-def run_once(policy: str, tasks: list[taskgen.Task], groups: WorkloadCgroups, workdir: Path) -> Run:
-    """One run of the workload; ``policy`` "kernel" runs no daemon at all."""
+def run_once(policy: str | None, tasks: list[taskgen.Task], groups: WorkloadCgroups, workdir: Path) -> Run:
+    """One run of the workload under the daemon with ``policy``; None runs no daemon at all."""
     disturbance = Disturbance()
     state_file = workdir / "state.json"
     loops = InteractiveLoops(INTERACTIVE_LOOPS, groups.dirs)
     daemon = None
     try:
-        if policy != "kernel":
+        if policy is not None:
             daemon = DaemonProcess(demo_config(groups.scope_path, state_file), policy, workdir, unit_scheduling=True)
         results = taskgen.run(tasks, groups.dirs[:1], drain=DRAIN_LIMIT, preexec=as_the_unit_schedules_it,
                               join=[groups.join_file] * len(tasks))
@@ -295,7 +295,7 @@ def main(seconds: float, seed: int, repeats: int = 3, placement: str = BEST_PLAC
             for row in active[repeat % len(active):] + active[: repeat % len(active)]:
                 with console.status(f"repeat {repeat + 1}/{repeats}: {row.name} ..."):
                     for _attempt in range(MAX_RETRIES + 1):
-                        run = run_once(row.policy, tasks, groups, workdir)
+                        run = run_once(None if row.policy == "kernel" else row.policy, tasks, groups, workdir)
                         leftovers += run.leftovers
                         if run.elsewhere <= max_elsewhere:
                             break
